@@ -1,0 +1,64 @@
+"""Small argument checks shared by the public API.
+
+Every check raises ``ValueError`` or ``TypeError`` naming the offending argument, never ``assert``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+TimeLike = Union[float, int, torch.Tensor]
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``float(value)`` if it is a finite number > 0, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not a real number.
+        ValueError: if it is not finite or not positive.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_tensor(name: str, x: object) -> torch.Tensor:
+    """Raise ``TypeError`` unless ``x`` is a floating-point tensor; return it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_finite(name: str, x: torch.Tensor, where: str = "") -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf; ``where`` is added to the message."""
+    if not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        extra = f" {where}" if where else ""
+        raise ValueError(f"{name} contains {n_bad} non-finite value(s) (NaN or inf){extra}")
+    return x
+
+
+def check_batch(name: str, x: object, min_dim: int = 2) -> torch.Tensor:
+    """Check ``x`` is a floating tensor of shape ``(B, *shape)`` with at least ``min_dim`` dims."""
+    x = check_tensor(name, x)
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have shape (batch, *data_shape) with at least {min_dim} dimensions, "
+            f"got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+class NonFiniteError(ValueError):
+    """A state or a score became NaN/inf during a solve; the message says where and when."""

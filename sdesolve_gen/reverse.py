@@ -1,0 +1,184 @@
+r"""The reverse-time SDE (a torchsde SDE) and the probability-flow ODE (a torchdiffeq function).
+
+Given a forward SDE :math:`dx = f(x,t)\,dt + g(t)\,dw` and a score :math:`s(x,t)\approx\nabla\log p_t(x)`:
+
+* reverse-time SDE (Anderson 1982): :math:`dx = [f(x,t) - g(t)^2 s(x,t)]\,dt + g(t)\,d\bar w`,
+  run from t=T down to t=eps;
+* probability-flow ODE: :math:`dx/dt = f(x,t) - \tfrac12 g(t)^2 s(x,t)`, deterministic, with the
+  same marginals :math:`p_t`.
+
+torchsde needs strictly increasing solver time, so :class:`ReverseSDE` is re-timed with
+:math:`u = T - t` (solver time ``u`` runs from ``T - t_start`` upwards):
+
+.. math:: dx = -\big[f(x, T-u) - g(T-u)^2 s(x, T-u)\big]\,du + g(T-u)\,dw_u .
+
+Because :math:`g` depends on time only, the Ito and Stratonovich forms coincide, so
+Stratonovich-only torchsde methods (midpoint, heun, reversible_heun) are valid with
+``sde_type="stratonovich"``. torchdiffeq accepts decreasing time directly, so
+:class:`ProbabilityFlowODE` is written in physical time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ._checks import NonFiniteError, TimeLike
+from .sde import LinearSDE, expand_to
+
+Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, TimeLike], Tensor]
+
+__all__ = ["ReverseSDE", "ProbabilityFlowODE", "ScoreFn"]
+
+
+def _check_sde_score(sde: object, score_fn: object) -> None:
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be a LinearSDE (e.g. VPSDE()), got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+
+
+def _check_data_shape(data_shape: Optional[Sequence[int]]) -> Optional[Tuple[int, ...]]:
+    if data_shape is None:
+        return None
+    shape = tuple(int(s) for s in data_shape)
+    if len(shape) == 0 or any(s <= 0 for s in shape):
+        raise ValueError(f"data_shape must be a non-empty tuple of positive ints, got {data_shape!r}")
+    return shape
+
+
+class _ScoreCaller(nn.Module):
+    """Shared plumbing: reshape to the data shape, call the score, count and check it."""
+
+    def __init__(self, sde: LinearSDE, score_fn: ScoreFn, data_shape: Optional[Sequence[int]], check_finite: bool) -> None:
+        super().__init__()
+        _check_sde_score(sde, score_fn)
+        self.sde = sde
+        self.score_fn = score_fn
+        self.data_shape = _check_data_shape(data_shape)
+        self.check_finite = bool(check_finite)
+        self.nfe = 0
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """Evaluate the score at state ``x`` (any shape ``(B, ...)``) and physical time ``t``."""
+        shape = x.shape
+        if self.data_shape is not None:
+            x = x.reshape(shape[0], *self.data_shape)
+        s = self.score_fn(x, t)
+        self.nfe += 1
+        if s.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(s.shape)}, expected {tuple(x.shape)}")
+        if self.check_finite and not bool(torch.isfinite(s).all()):
+            bad_x = not bool(torch.isfinite(x).all())
+            what = "the state x" if bad_x else "score_fn's output"
+            raise NonFiniteError(f"{what} became non-finite (NaN/inf) at t={float(t):.6g}")
+        return s.reshape(shape)
+
+
+class ReverseSDE(_ScoreCaller):
+    r"""The reverse-time SDE :math:`dx = [f - g^2 s]\,dt + g\,d\bar w`, as a torchsde SDE.
+
+    torchsde sees solver time :math:`u = T - t` (increasing). Convert a physical grid running
+    from T down to eps with :meth:`solver_times`, e.g.::
+
+        rsde = ReverseSDE(sde, score_fn)
+        xs = torchsde.sdeint(rsde, x_T, rsde.solver_times(ts), method="euler", dt=1e-3)
+
+    Args:
+        sde: the forward linear SDE.
+        score_fn: ``(x, t) -> score`` with ``x`` of shape ``(B, *data_shape)`` and ``t`` a 0-d
+            float64 tensor of physical time.
+        data_shape: shape of one sample if it is not flat (torchsde states are ``(B, d)``; the
+            state is reshaped to ``(B, *data_shape)`` before ``score_fn`` is called).
+        sde_type: ``"ito"`` (default) or ``"stratonovich"``; both are exact here because
+            :math:`g` does not depend on x.
+        check_finite: raise :class:`NonFiniteError` as soon as the score is NaN/inf.
+
+    Attributes:
+        nfe: number of score evaluations so far (reset it to 0 between solves if you count).
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(
+        self,
+        sde: LinearSDE,
+        score_fn: ScoreFn,
+        *,
+        data_shape: Optional[Sequence[int]] = None,
+        sde_type: str = "ito",
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(sde, score_fn, data_shape, check_finite)
+        if sde_type not in ("ito", "stratonovich"):
+            raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
+        self.sde_type = sde_type
+
+    def solver_times(self, ts: Tensor) -> Tensor:
+        r"""Map physical times ``ts`` (decreasing, T -> eps) to solver times :math:`u = T - t`."""
+        ts = torch.as_tensor(ts, dtype=torch.float64)
+        return self.sde.T - ts
+
+    def physical_time(self, u: Tensor) -> Tensor:
+        """Map solver time ``u`` back to physical time ``t = T - u`` (float64)."""
+        return self.sde.T - u.to(torch.float64)
+
+    def reverse_drift(self, x: Tensor, t: Tensor) -> Tensor:
+        r"""Physical-time reverse drift :math:`f(x,t) - g(t)^2 s(x,t)` (shape of ``x``)."""
+        g2 = expand_to(self.sde.diffusion2(t), x)
+        return self.sde.drift(x, t) - g2 * self.score(x, t)
+
+    def f(self, u: Tensor, y: Tensor) -> Tensor:
+        """torchsde drift in solver time: :math:`-(f - g^2 s)(y, T-u)`."""
+        return -self.reverse_drift(y, self.physical_time(u))
+
+    def g(self, u: Tensor, y: Tensor) -> Tensor:
+        """torchsde diagonal diffusion :math:`g(T-u)`, broadcast to ``y``."""
+        return self.sde.g(self.physical_time(u), y)
+
+    def g_prod(self, u: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """torchsde ``g * v``."""
+        return self.sde.g_prod(self.physical_time(u), y, v)
+
+    def f_and_g(self, u: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.f(u, y), self.g(u, y)
+
+    def f_and_g_prod(self, u: Tensor, y: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.f(u, y), self.g_prod(u, y, v)
+
+
+class ProbabilityFlowODE(_ScoreCaller):
+    r"""The probability-flow ODE :math:`dx/dt = f(x,t) - \tfrac12 g(t)^2 s(x,t)` for torchdiffeq.
+
+    ``forward(t, x)`` takes physical time, so ``torchdiffeq.odeint(ode, x_T, ts)`` with ``ts``
+    decreasing from T to eps samples, and increasing from eps to T encodes. ``x`` may have any
+    shape ``(B, *data_shape)``.
+
+    Args:
+        sde: the forward linear SDE.
+        score_fn: ``(x, t) -> score``.
+        data_shape: optional shape of one sample, if states are passed flattened.
+        check_finite: raise :class:`NonFiniteError` as soon as the score is NaN/inf.
+
+    Attributes:
+        nfe: number of score evaluations so far.
+    """
+
+    def __init__(
+        self,
+        sde: LinearSDE,
+        score_fn: ScoreFn,
+        *,
+        data_shape: Optional[Sequence[int]] = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(sde, score_fn, data_shape, check_finite)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        """Velocity :math:`dx/dt` at physical time ``t`` (0-d tensor), shape of ``x``."""
+        t64 = t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
+        g2 = expand_to(self.sde.diffusion2(t64), x)
+        return self.sde.drift(x, t64) - 0.5 * g2 * self.score(x, t64)
