@@ -8,6 +8,7 @@ parameterisations, samplers, likelihoods and training on top.
 from . import analytic
 from ._checks import NonFiniteError
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
+from .result import SolveInfo
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
@@ -22,6 +23,7 @@ __all__ = [
     "SubVPSDE",
     "CosineVPSDE",
     "EDMSDE",
+    "SolveInfo",
     "ReverseSDE",
     "ProbabilityFlowODE",
     "PARAMETERISATIONS",
