@@ -3,14 +3,12 @@ r"""Score parameterisations and the conversions between them.
 With :math:`x_t = \alpha x_0 + \sigma\epsilon`, a network may predict any of four equivalent
 quantities; given :math:`(x_t, \alpha, \sigma)` each determines the others:
 
-=========  ==================================================  ==========================================
-name       meaning                                             as a score :math:`s = \nabla\log p_t(x_t)`
-=========  ==================================================  ==========================================
-``score``  :math:`s`                                           :math:`s`
-``eps``    noise :math:`\hat\epsilon = -\sigma s`              :math:`s = -\hat\epsilon/\sigma`
-``x0``     denoiser (Tweedie) :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`  :math:`s = (\alpha\hat x_0 - x)/\sigma^2`
-``v``      :math:`\hat v = \alpha\hat\epsilon - \sigma\hat x_0`  via :math:`\hat\epsilon = (\sigma x + \alpha\hat v)/(\alpha^2+\sigma^2)`
-=========  ==================================================  ==========================================
+* ``score``: :math:`s` itself.
+* ``eps``: the noise, :math:`\hat\epsilon = -\sigma s`; so :math:`s = -\hat\epsilon/\sigma`.
+* ``x0``: the denoiser (Tweedie), :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; so
+  :math:`s = (\alpha\hat x_0 - x)/\sigma^2`.
+* ``v``: :math:`\hat v = \alpha\hat\epsilon - \sigma\hat x_0`; so
+  :math:`\hat\epsilon = (\sigma x + \alpha\hat v)/(\alpha^2+\sigma^2)` and :math:`s = -\hat\epsilon/\sigma`.
 
 The ``v`` inversion uses :math:`x = \alpha\hat x_0 + \sigma\hat\epsilon`, so it holds for any
 schedule, not only variance-preserving ones (where :math:`\alpha^2+\sigma^2=1`).
