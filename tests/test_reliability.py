@@ -1,0 +1,79 @@
+"""Reliability catalogue: bad inputs across the public API.
+
+Each entry is one distinct misuse; the test asserts the exception type AND that the message names
+the offending argument (or, for NaN during a solve, the time at which it happened).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Tuple, Type
+
+import pytest
+import torch
+
+import sdesolve_gen as sg
+from sdesolve_gen.analytic import Gaussian, GaussianMixture
+
+F64 = torch.float64
+Case = Tuple[str, Callable[[], object], Type[BaseException], str]
+
+_I2 = [[1.0, 0.0], [0.0, 1.0]]
+
+
+def _gauss() -> Gaussian:
+    return Gaussian(torch.zeros(2), torch.eye(2))
+
+
+def _nan_score(x, t):
+    return torch.full_like(x, float("nan"))
+
+
+CASES: List[Case] = [
+    # ---- schedules
+    ("vp-negative-beta-min", lambda: sg.VPSDE(beta_min=-1.0), ValueError, "beta_min"),
+    ("vp-beta-max-below-min", lambda: sg.VPSDE(beta_min=2.0, beta_max=1.0), ValueError, "beta_max"),
+    ("ve-zero-sigma-min", lambda: sg.VESDE(sigma_min=0.0), ValueError, "sigma_min"),
+    ("ve-sigma-max-not-above-min", lambda: sg.VESDE(sigma_min=1.0, sigma_max=0.5), ValueError, "sigma_max"),
+    ("ve-string-sigma", lambda: sg.VESDE(sigma_max="50"), TypeError, "sigma_max"),
+    ("zero-T", lambda: sg.VPSDE(T=0.0), ValueError, "T"),
+    ("eps-not-below-T", lambda: sg.VPSDE(eps=1.0), ValueError, "eps"),
+    ("cosine-T-at-singularity", lambda: sg.CosineVPSDE(T=1.0), ValueError, "T"),
+    # ---- times
+    ("t-above-T", lambda: sg.VPSDE().alpha(1.5), ValueError, "t must lie"),
+    ("t-negative", lambda: sg.VESDE().sigma(torch.tensor([-0.1, 0.2])), ValueError, "t must lie"),
+    ("t-2d", lambda: sg.VPSDE().sigma(torch.zeros(2, 2)), ValueError, "t must be a scalar or a 1-D"),
+    ("t-nan", lambda: sg.VPSDE().alpha(float("nan")), ValueError, "t must be finite"),
+    ("t-string", lambda: sg.VPSDE().alpha("0.5"), TypeError, "t must be"),
+    ("t-batch-mismatch", lambda: sg.VPSDE().marginal(torch.zeros(3, 2), torch.tensor([0.1, 0.2])), ValueError, "batch"),
+    # ---- states
+    ("x0-not-tensor", lambda: sg.VPSDE().marginal([[0.0, 0.0]], 0.5), TypeError, "x0"),
+    ("x0-integer-dtype", lambda: sg.VPSDE().marginal(torch.zeros(2, 2, dtype=torch.long), 0.5), TypeError, "x0"),
+    ("x-1d-prior-logprob", lambda: sg.VPSDE().prior_log_prob(torch.zeros(3)), ValueError, "x must have shape"),
+    ("prior-sample-bad-shape", lambda: sg.VPSDE().prior_sample((4,)), ValueError, "shape"),
+    # ---- analytic oracles
+    ("gmm-not-pd", lambda: GaussianMixture([[0.0, 0.0]], [[[1.0, 0.0], [0.0, 0.0]]]), ValueError, "positive definite"),
+    ("gmm-weights-sum", lambda: GaussianMixture([[0.0, 0.0]] * 2, [_I2] * 2, [0.7, 0.7]), ValueError, "weights must sum to 1"),
+    ("gmm-dims-mismatch", lambda: GaussianMixture([[0.0, 0.0, 0.0]], [_I2]), ValueError, "covs must have shape"),
+    ("gmm-nan-mean", lambda: GaussianMixture([[float("nan"), 0.0]], [_I2]), ValueError, "means"),
+    ("gauss-x-wrong-shape", lambda: _gauss().log_prob(torch.zeros(5, 3)), ValueError, "x must have shape"),
+    ("gauss-sample-zero", lambda: _gauss().sample(0), ValueError, "n must be"),
+    # ---- parameterisations
+    ("unknown-parameterisation", lambda: sg.to_score(torch.zeros(1, 1), "noise", torch.zeros(1, 1), 1.0, 1.0), ValueError, "kind"),
+    ("score-model-not-callable", lambda: sg.ScoreModel(None, sg.VPSDE()), TypeError, "net"),
+    # ---- reverse-time objects
+    ("reverse-sde-not-linear", lambda: sg.ReverseSDE(object(), lambda x, t: x), TypeError, "sde"),
+    ("reverse-sde-bad-type", lambda: sg.ReverseSDE(sg.VPSDE(), lambda x, t: x, sde_type="ito2"), ValueError, "sde_type"),
+    ("score-wrong-shape", lambda: sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: x.sum(1))(torch.tensor(0.5), torch.zeros(2, 2)), ValueError, "score_fn returned shape"),
+    ("nan-score-during-solve", lambda: sg.ReverseSDE(sg.VPSDE(), _nan_score).f(torch.tensor(0.25, dtype=F64), torch.zeros(2, 2)), sg.NonFiniteError, "t=0.75"),
+]
+
+
+@pytest.mark.parametrize("name, call, exc, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_rejected_with_a_named_argument(name, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_catalogue_has_distinct_entries():
+    names = [c[0] for c in CASES]
+    assert len(set(names)) == len(names)
