@@ -7,6 +7,7 @@ parameterisations, samplers, likelihoods and training on top.
 
 from . import analytic
 from ._checks import NonFiniteError
+from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
 from .result import SolveInfo
 from .reverse import ProbabilityFlowODE, ReverseSDE
@@ -25,6 +26,10 @@ __all__ = [
     "EDMSDE",
     "SolveInfo",
     "ReverseSDE",
+    "sdeint",
+    "odeint",
+    "timesteps",
+    "GridBrownian",
     "ProbabilityFlowODE",
     "PARAMETERISATIONS",
     "ScoreModel",
