@@ -5,18 +5,32 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
-from . import analytic
+from . import analytic, correctors, samplers
 from ._checks import NonFiniteError
 from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
 from .result import SolveInfo
 from .reverse import ProbabilityFlowODE, ReverseSDE
+from .correctors import annealed_langevin, predictor_corrector
+from .samplers import adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, ode, reverse_diffusion
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "analytic",
+    "samplers",
+    "correctors",
+    "euler_maruyama",
+    "reverse_diffusion",
+    "ancestral",
+    "ode",
+    "heun",
+    "dpm_solver",
+    "dpm_solver_pp_2m",
+    "adaptive_sde",
+    "predictor_corrector",
+    "annealed_langevin",
     "NonFiniteError",
     "LinearSDE",
     "VESDE",
