@@ -7,6 +7,8 @@ parameterisations, samplers, likelihoods and training on top.
 
 from . import analytic, correctors, samplers
 from ._checks import NonFiniteError
+from .bpd import bits_per_dim, dequantize
+from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
 from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
 from .result import SolveInfo
@@ -50,4 +52,12 @@ __all__ = [
     "to_score",
     "from_score",
     "convert",
+    "log_likelihood",
+    "log_likelihood_bound",
+    "LikelihoodResult",
+    "bits_per_dim",
+    "dequantize",
+    "encode",
+    "decode",
+    "interpolate",
 ]
