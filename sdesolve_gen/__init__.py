@@ -5,7 +5,7 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
-from . import analytic, correctors, samplers
+from . import analytic, correctors, guidance, samplers
 from ._checks import NonFiniteError
 from .bpd import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
@@ -14,12 +14,20 @@ from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score
 from .result import SolveInfo
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .correctors import annealed_langevin, predictor_corrector
+from .guidance import analytic_classifier, analytic_conditional_score, classifier_free_guidance, classifier_guidance, gaussian_conditional, inpaint
 from .samplers import adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, ode, reverse_diffusion
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "guidance",
+    "classifier_guidance",
+    "classifier_free_guidance",
+    "analytic_classifier",
+    "analytic_conditional_score",
+    "inpaint",
+    "gaussian_conditional",
     "analytic",
     "samplers",
     "correctors",
