@@ -9,8 +9,10 @@ r"""Conditional generation: classifier guidance, classifier-free guidance, inpai
 *Classifier guidance* (Dhariwal & Nichol 2021) scales the classifier term by ``scale`` :math:`w`:
 :math:`s_w(x,t) = s(x,t) + w\,\nabla_x\log p_t(y\mid x)`. With the exact noise-conditional classifier,
 :math:`w=1` is the exact conditional score, :math:`w=0` the unconditional one, and :math:`w>1`
-targets the sharpened :math:`p_t(x)\,p_t(y\mid x)^w` (the reverse SDE then does *not* sample
-:math:`p(x\mid y)^{\ldots}` exactly: the tilted family is not closed under the forward noising).
+gives the score of the sharpened density :math:`\propto p_t(x)\,p_t(y\mid x)^w`. For :math:`w \ne 0, 1`
+these tilted densities at different t are not the marginals of one forward process, so the
+reverse SDE does not sample the tilted data distribution :math:`p_0(x)\,p_0(y\mid x)^w` exactly;
+it is a heuristic that trades diversity for label fidelity.
 
 *Classifier-free guidance* (Ho & Salimans 2021) uses a conditional and an unconditional score,
 :math:`s = (1+w)\,s(x\mid y) - w\,s(x)`, which with exact scores equals classifier guidance at
@@ -208,8 +210,9 @@ def analytic_classifier(data: GaussianMixture, sde: LinearSDE) -> LogProbYFn:
     .. math::
 
         \log p_t(y{=}k \mid x) = \log\frac{w_k\,\mathcal N(x;\alpha_t\mu_k, \alpha_t^2\Sigma_k + \sigma_t^2 I)}
-        {\sum_j w_j\,\mathcal N(x;\alpha_t\mu_j, \alpha_t^2\Sigma_j + \sigma_t^2 I)}
-        = ``data.log_responsibilities(x, t, sde)[:, k]``.
+        {\sum_j w_j\,\mathcal N(x;\alpha_t\mu_j, \alpha_t^2\Sigma_j + \sigma_t^2 I)},
+
+    i.e. ``data.log_responsibilities(x, t, sde)[:, k]``.
 
     Returns:
         ``log_prob_y_fn(x, t, y) -> (B,)``, differentiable in ``x``; ``y`` an int or ``(B,)``
