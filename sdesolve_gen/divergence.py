@@ -56,6 +56,8 @@ def draw_probes(
 
 def _vjps(s: Tensor, x: Tensor, vs: Tensor) -> Tensor:
     """``vs[k] @ ds/dx`` for each k: ``vs`` ``(K, B, D)`` -> ``(K, B, D)`` (batched, loop fallback)."""
+    if vs.shape[0] == 1:  # a single vector: a plain backward pass (vmap has overhead)
+        return torch.autograd.grad(s, x, vs[0], retain_graph=True)[0][None]
     try:
         return torch.autograd.grad(s, x, vs, retain_graph=True, is_grads_batched=True)[0]
     except (RuntimeError, NotImplementedError):
