@@ -17,6 +17,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 import sdesolve_gen as sg
@@ -73,6 +75,30 @@ def test_scale_one_exact_classifier_gives_component_score(sde):
     # negative control: the wrong label does not give component y's score
     wrong = G.classifier_guidance(data.score_fn(sde), G.analytic_classifier(data, sde), (y + 1) % 3, scale=1.0)
     assert not torch.allclose(wrong(x, t), expected, rtol=1e-3, atol=1e-3)
+
+
+@given(
+    K=st.integers(2, 4),
+    D=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+    t=st.floats(1e-3, 1.0),
+    w=st.floats(-2.0, 6.0),
+    kind=st.sampled_from(["vp", "ve", "cosine"]),
+)
+def test_guidance_is_linear_in_scale_on_random_mixtures(K, D, seed, t, w, kind):
+    """grad log p_t(y|x) = s_y - s exactly, so classifier guidance at any scale w is s + w (s_y - s)."""
+    sde = {"vp": sg.VPSDE(), "ve": sg.VESDE(sigma_max=20.0), "cosine": sg.CosineVPSDE()}[kind]
+    t = min(max(t, sde.eps), sde.T)
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(K, D, D, generator=g, dtype=F64)
+    data = GaussianMixture(torch.randn(K, D, generator=g, dtype=F64), A @ A.transpose(1, 2) + 0.1 * torch.eye(D, dtype=F64),
+                           torch.softmax(torch.randn(K, generator=g, dtype=F64), 0))
+    x = torch.randn(5, D, generator=g, dtype=F64)
+    y = torch.randint(0, K, (5,), generator=g)
+    tt = torch.tensor(t, dtype=F64)
+    s, s_y = data.score(x, tt, sde), G.analytic_conditional_score(data, sde)(x, tt, y)
+    guided = G.classifier_guidance(data.score_fn(sde), G.analytic_classifier(data, sde), y, w)(x, tt)
+    assert torch.allclose(guided, s + w * (s_y - s), rtol=1e-8, atol=1e-8 * (1 + float(s.abs().max())))
 
 
 def test_classifier_free_guidance_conventions():
@@ -232,9 +258,9 @@ def test_classifier_free_guidance_samples_match_component_moments():
 # ---------------------------------------------------------------------------------- inpainting
 
 
+@pytest.mark.parametrize("sde", [sg.VPSDE(), sg.VESDE(sigma_max=10.0)], ids=["vp", "ve"])
 @pytest.mark.parametrize("sampler", G.INPAINT_SAMPLERS)
-def test_inpaint_keeps_known_coordinates_exactly(sampler):
-    sde = sg.VPSDE()
+def test_inpaint_keeps_known_coordinates_exactly(sampler, sde):
     data = sg.analytic.Gaussian(torch.zeros(16), 0.5 * torch.eye(16) + 0.2, event_shape=(1, 4, 4))
     x0 = data.sample(6, generator=torch.Generator().manual_seed(0), dtype=F64)
     mask = torch.zeros(1, 4, 4, dtype=torch.bool)
@@ -247,6 +273,10 @@ def test_inpaint_keeps_known_coordinates_exactly(sampler):
     # reproducible with the same generator seed
     x2, _ = G.inpaint(sde, data.score_fn(sde), x0, mask, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
     assert torch.equal(x, x2)
+    # a per-sample mask (B, *shape) with float 0/1 entries
+    mask_b = (torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2)) < 0.5).to(F64)
+    x3, _ = G.inpaint(sde, data.score_fn(sde), x0, mask_b, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x3[mask_b.bool()], x0[mask_b.bool()])
 
 
 def _em_law_replacement(sde, ts, mu, S, x_k, v0):
