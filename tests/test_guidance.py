@@ -389,3 +389,19 @@ def test_bad_inputs_raise_with_the_argument_named():
         G.inpaint(sde, s, x, torch.tensor([True, False]), ts, x_T=torch.zeros(3, 2, dtype=F64))
     with pytest.raises(ValueError, match="mask must have shape"):
         G.gaussian_conditional(torch.zeros(2), torch.eye(2), torch.tensor([True]), x)
+
+
+def test_guided_score_plugs_into_reverse_sde_and_raises_on_nan():
+    """ReverseSDE's torchsde drift through a scale-1 guided score is the conditional reverse drift
+    g^2 s_y - a x (exact identity); a NaN classifier surfaces as NonFiniteError naming the time."""
+    sde, data = sg.VPSDE(), _mixture()
+    guided = G.classifier_guidance(data.score_fn(sde), G.analytic_classifier(data, sde), 2, 1.0)
+    rsde = sg.ReverseSDE(sde, guided)
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    u = torch.tensor(0.25, dtype=F64)
+    t = sde.T - u
+    expected = float(sde.g2(t)) * _component(data, 2).score(x, t, sde) - float(sde.drift_coef(t)) * x
+    assert torch.allclose(rsde.f(u, x), expected, rtol=1e-9, atol=1e-10)
+    nan_clf = G.classifier_guidance(data.score_fn(sde), lambda x, t, y: x.sum(1) * float("nan"), 0, 1.0)
+    with pytest.raises(sg.NonFiniteError, match="t="):
+        sg.euler_maruyama(sde, nan_clf, x, sg.timesteps(sde, 5))
