@@ -368,13 +368,10 @@ class VESDE(LinearSDE):
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"
 
 
-class _BetaLinear:
-    """Mixin: the linear noise rate :math:`\\beta(t) = \\beta_{\\min} + t(\\beta_{\\max}-\\beta_{\\min})`."""
+class _BetaLinearSDE(LinearSDE):
+    """Shared part of VP and sub-VP: the linear rate :math:`\beta(t)` and :math:`\alpha = e^{-B/2}`."""
 
-    beta_min: float
-    beta_max: float
-
-    def _init_beta(self, beta_min: float, beta_max: float) -> None:
+    def __init__(self, beta_min: float, beta_max: float, *, T: float, eps: float) -> None:
         if isinstance(beta_min, bool) or not isinstance(beta_min, (int, float)):
             raise TypeError(f"beta_min must be a real number, got {type(beta_min).__name__}")
         if not math.isfinite(beta_min) or beta_min < 0:
@@ -383,6 +380,7 @@ class _BetaLinear:
         if beta_max < beta_min:
             raise ValueError(f"beta_max must be >= beta_min={beta_min}, got beta_max={beta_max}")
         self.beta_min, self.beta_max = float(beta_min), beta_max
+        super().__init__(T=T, eps=eps, prior_std=1.0)
 
     def beta(self, t: Tensor) -> Tensor:
         r""":math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`."""
@@ -392,8 +390,17 @@ class _BetaLinear:
         r""":math:`B(t) = \int_0^t \beta = \beta_{\min} t + \tfrac12 (\beta_{\max}-\beta_{\min}) t^2`."""
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
+    def log_alpha(self, t: Tensor) -> Tensor:
+        return -0.5 * self.int_beta(t)
 
-class VPSDE(_BetaLinear, LinearSDE):
+    def dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
+
+
+class VPSDE(_BetaLinearSDE):
     r"""Variance-preserving SDE, the continuous limit of DDPM (Song et al. 2021).
 
     .. math::
@@ -414,17 +421,10 @@ class VPSDE(_BetaLinear, LinearSDE):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, eps: float = 1e-3) -> None:
-        self._init_beta(beta_min, beta_max)
-        LinearSDE.__init__(self, T=T, eps=eps, prior_std=1.0)
-
-    def log_alpha(self, t: Tensor) -> Tensor:
-        return -0.5 * self.int_beta(t)
+        super().__init__(beta_min, beta_max, T=T, eps=eps)
 
     def sigma2(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self.int_beta(t))
-
-    def dlog_alpha_dt(self, t: Tensor) -> Tensor:
-        return -0.5 * self.beta(t)
 
     def dsigma2_dt(self, t: Tensor) -> Tensor:
         return self.beta(t) * torch.exp(-self.int_beta(t))
@@ -432,11 +432,8 @@ class VPSDE(_BetaLinear, LinearSDE):
     def diffusion2(self, t: Tensor) -> Tensor:
         return self.beta(t)
 
-    def __repr__(self) -> str:
-        return f"VPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
 
-
-class SubVPSDE(_BetaLinear, LinearSDE):
+class SubVPSDE(_BetaLinearSDE):
     r"""Sub-VP SDE (Song et al. 2021): VP's drift with a smaller diffusion.
 
     .. math::
@@ -454,17 +451,10 @@ class SubVPSDE(_BetaLinear, LinearSDE):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, eps: float = 1e-3) -> None:
-        self._init_beta(beta_min, beta_max)
-        LinearSDE.__init__(self, T=T, eps=eps, prior_std=1.0)
-
-    def log_alpha(self, t: Tensor) -> Tensor:
-        return -0.5 * self.int_beta(t)
+        super().__init__(beta_min, beta_max, T=T, eps=eps)
 
     def sigma2(self, t: Tensor) -> Tensor:
         return torch.expm1(-self.int_beta(t)) ** 2
-
-    def dlog_alpha_dt(self, t: Tensor) -> Tensor:
-        return -0.5 * self.beta(t)
 
     def dsigma2_dt(self, t: Tensor) -> Tensor:
         B = self.int_beta(t)
@@ -472,9 +462,6 @@ class SubVPSDE(_BetaLinear, LinearSDE):
 
     def diffusion2(self, t: Tensor) -> Tensor:
         return -self.beta(t) * torch.expm1(-2.0 * self.int_beta(t))
-
-    def __repr__(self) -> str:
-        return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T}, eps={self.eps})"
 
 
 class CosineVPSDE(LinearSDE):

@@ -8,17 +8,14 @@ import torch
 import torchdiffeq
 
 import sdesolve_gen as sg
+from _sampler_configs import target
 from sdesolve_gen.integrate import GridBrownian, odeint, sdeint, t_of_lambda, timesteps
 
 F64 = torch.float64
 
 
 def gmm():
-    return sg.analytic.GaussianMixture(
-        torch.tensor([[-2.0, 0.5], [1.5, 1.0], [0.5, -2.0]]),
-        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.6, -0.25], [-0.25, 0.4]], [[0.1, 0.0], [0.0, 0.5]]]),
-        torch.tensor([0.3, 0.5, 0.2]),
-    )
+    return target()
 
 
 # ---------------------------------------------------------------------------------- timesteps
