@@ -22,7 +22,7 @@ from sdesolve_gen.divergence import score_divergence
 TOL = 1e-6
 BUDGET = 100 * TOL
 
-SDES = {"vp": sg.VPSDE, "ve": sg.VESDE, "subvp": sg.SubVPSDE}
+SDES = {"vp": sg.VPSDE, "ve": sg.VESDE, "subvp": sg.SubVPSDE, "cosine": sg.CosineVPSDE, "edm": sg.EDMSDE}
 
 
 def _mixture(shift: float = 0.0) -> GaussianMixture:
