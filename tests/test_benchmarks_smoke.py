@@ -1,0 +1,86 @@
+"""Smoke test of ``python -m benchmarks``: tiny runs of each section produce the markdown/JSON report
+with the expected keys. No timing assertions (timings are measured, never checked)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import metrics
+from benchmarks.__main__ import main
+from benchmarks.peers import KDenoiser
+from sdesolve_gen.sde import VPSDE
+
+
+def test_sliced_w2_separates_shifted_samples():
+    """SW2 of a sample to an independent sample of the same law is the MC floor (~ sqrt(2/N) scale);
+    shifting by 1 unit along every axis adds ~ |shift . theta| = 1/sqrt(D)*sqrt(D) ~ O(1)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4000, 3, generator=g), torch.randn(4000, 3, generator=g)
+    same = metrics.sliced_w2(x, y)
+    shifted = metrics.sliced_w2(x, y + 1.0)
+    assert same < 0.1  # MC floor: quantile error ~ 1/sqrt(N) = 0.016 per projection, ~3x for tails
+    assert shifted > 0.5  # mean of |theta . (1,1,1)|^2 over the sphere is 1, so SW2 ~ 1
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.sliced_w2(x, y[:10])
+
+
+def test_k_denoiser_is_tweedie_on_vp():
+    """D(x_ve, sigma_ve) must equal E[x0 | x_t] = (x_t + sigma_t^2 s)/alpha_t with x_t = alpha_t x_ve;
+    check against the oracle's exact posterior mean for a single Gaussian (closed form)."""
+    from sdesolve_gen.analytic import Gaussian
+
+    sde = VPSDE()
+    data = Gaussian(torch.tensor([1.0, -2.0], dtype=torch.float64), torch.diag(torch.tensor([0.5, 2.0], dtype=torch.float64)))
+    den = KDenoiser(sde, data.score_fn(sde))
+    t = torch.tensor(0.4, dtype=torch.float64)
+    a, s = float(sde.alpha(t)), float(sde.sigma(t))
+    sig_ve = torch.tensor([s / a], dtype=torch.float64)
+    x_ve = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+    # posterior mean of x0 given x0 + sig_ve*n = x_ve for N(m, c): m + c/(c + sig_ve^2) (x_ve - m)
+    m, c = data.mean.reshape(-1), torch.tensor([0.5, 2.0], dtype=torch.float64)
+    expected = m + c / (c + sig_ve**2) * (x_ve - m)
+    torch.testing.assert_close(den(x_ve, sig_ve), expected, rtol=1e-6, atol=1e-6)
+    assert den.nfe == 1
+    # negative control: skipping the alpha mapping (treating x_ve as x_t) gives a different answer
+    wrong = (x_ve + s**2 * data.score_fn(sde)(x_ve, t)) / a
+    assert (wrong - expected).abs().max() > 1e-2
+
+
+def test_quick_command_writes_report(tmp_path, monkeypatch):
+    """Every non-plot section end to end (sampling at tiny sizes); the report has the keys."""
+    import benchmarks.sampling as samp
+
+    monkeypatch.setattr(samp, "QUICK", {"dims": [2], "nfes": [10], "n": 300})
+    out = tmp_path / "res"
+    assert main(["--quick", "--out", str(out), "--only", "sampling", "likelihood", "em_overhead", "pf_ode_nfe"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"mode", "command", "date", "sections", "goals", "skipped", "repeats"}
+    assert res["mode"] == "quick"
+    for name in ("sampling", "likelihood", "em_overhead", "pf_ode_nfe"):
+        assert name in res["sections"], res["skipped"]
+        assert res["sections"][name]["rows"]
+    row = res["sections"]["sampling"]["rows"][1]
+    assert set(row) >= {"problem", "method", "nfe", "sw2", "logp_gap", "time"}
+    assert all(math.isfinite(r["sw2"]) for r in res["sections"]["sampling"]["rows"] if r["method"].startswith("ours"))
+    for key in ("sampling_10nfe", "likelihood", "em_overhead"):
+        assert key in res["goals"] and "per_problem" in res["goals"][key]
+        # the verdict is a function of the numbers, not a constant
+        v = res["goals"][key]
+        assert v["passed"] == all(p["passed"] for p in v["per_problem"].values())
+    md = (out / "results.md").read_text()
+    assert "## Goals" in md and "| problem | method |" in md
+
+
+def test_scaling_writes_plots(tmp_path):
+    from benchmarks import scaling
+
+    res = scaling.run(quick=True, repeats=1, out=str(tmp_path), log=lambda *a: None)
+    assert len(res["plots"]) == 4
+    for p in res["plots"]:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert {r["curve"] for r in res["rows"]} >= {"sampling vs batch", "sampling vs dim", "sampling vs nfe", "likelihood vs dim"}
