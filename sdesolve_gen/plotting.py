@@ -27,7 +27,7 @@ def _pyplot() -> Any:
     """``matplotlib.pyplot``, or an ``ImportError`` saying how to get it."""
     try:
         import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - exercised by monkeypatching in tests
+    except ImportError as err:  # exercised by monkeypatching __import__ in the tests
         raise ImportError(
             "sdesolve_gen.plotting needs matplotlib: pip install 'sdesolve_gen[plot]' (or pip install matplotlib)"
         ) from err
