@@ -269,3 +269,37 @@ def test_mode_occupancy_chi_square(name):
     d = target()
     wrong = sg.analytic.GaussianMixture(d.means, d.covs, torch.tensor([0.5, 0.3, 0.2]))  # wrong weights
     assert not _occupancy_chi2_ok(name, wrong), "wrong mixture weights not rejected"
+
+
+# ------------------------------------------------------------------ predictor-corrector plumbing
+
+
+@pytest.mark.parametrize("predictor, plain", [("reverse_diffusion", S.reverse_diffusion),
+                                              ("ancestral", S.ancestral),
+                                              ("euler_maruyama", S.euler_maruyama)])
+def test_pc_without_corrector_is_its_predictor(predictor, plain):
+    sde, data = sg.VESDE(sigma_max=20.0), target()
+    x_T = data.prior(sde).sample(128, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = timesteps(sde, 12)
+    a, ia = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=predictor, corrector=None,
+                                  generator=torch.Generator().manual_seed(2))
+    b, ib = plain(sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and ia.nfe == ib.nfe == 12
+    c, ic = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=predictor, n_corrector_steps=2,
+                                  generator=torch.Generator().manual_seed(2))
+    assert ic.nfe == 12 * 3 and not torch.allclose(a, c)  # control: the corrector does act
+
+
+def test_pc_accepts_a_callable_predictor():
+    """A user step function gets (run, x, i); here a deterministic DDIM-like step via Tweedie."""
+    sde, data = sg.VPSDE(), target()
+    x_T = data.prior(sde).sample(64, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = timesteps(sde, 10, kind="logsnr")
+
+    def ddim(run, x, i):
+        x0 = S.tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
+        return run.alpha[i + 1] * x0 + run.sigma[i + 1] * (x - run.alpha[i] * x0) / run.sigma[i]
+
+    a, info = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=ddim, corrector=None)
+    b, _ = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=1)
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-9) and info.method == "pc[ddim+None]"
