@@ -99,7 +99,9 @@ def _projected_quantiles(y: Tensor, theta: Tensor, n: int) -> Tensor:
     """Nearest-rank quantiles at (i + 1/2)/n of each projection of ``y``: shape ``(n, L)``."""
     m = y.shape[0]
     idx = ((torch.arange(n, dtype=torch.float64) + 0.5) * m / n).floor().long().clamp_(max=m - 1)
-    return torch.sort(y.to(torch.float64) @ theta, dim=0).values[idx]
+    y = y.to(torch.float64)
+    # 8 directions at a time: sorting all (M, L) projections at once peaks at ~3 (M, L) buffers
+    return torch.cat([torch.sort(y @ theta[:, j: j + 8], dim=0).values[idx] for j in range(0, theta.shape[1], 8)], dim=1)
 
 
 def _sw2_to_quantiles(x: Tensor, theta: Tensor, q: Tensor) -> float:

@@ -73,6 +73,7 @@ def test_help(command, capsys):
         (["demo", "-n", "-5"], "-n/--n-samples"),
         (["demo", "--em-steps", "zero"], "--em-steps"),
         (["demo", "--seed", "1.5"], "--seed"),
+        (["demo", "--threads", "0"], "--threads"),
         (["demo", "--out", "/no/such/dir/x.png"], "--out"),
         (["demo", "--out", "demo.jpg"], "--out"),
         (["sample", "ckpt", "--sampler", "rk45"], "--sampler"),
