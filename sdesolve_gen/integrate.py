@@ -87,6 +87,7 @@ def timesteps(
     kind: str = "uniform",
     eps: Optional[float] = None,
     rho: float = 7.0,
+    dtype: torch.dtype = torch.float64,
     device: Optional[Union[str, torch.device]] = None,
 ) -> Tensor:
     r"""A sampling grid of ``n`` steps: ``n + 1`` strictly decreasing times from ``T`` to ``eps``.
@@ -106,10 +107,15 @@ def timesteps(
         kind: ``"uniform"``, ``"logsnr"`` or ``"edm"``.
         eps: final time (default ``sde.eps``), ``0 < eps < T``.
         rho: EDM exponent (default 7).
+        dtype: dtype of the result (default float64; the grid is always built in float64).
         device: device of the result.
 
     Returns:
-        float64 tensor of shape ``(n + 1,)``; ``ts[0] == T`` and ``ts[-1] == eps`` exactly.
+        tensor of shape ``(n + 1,)``; ``ts[0] == T`` and ``ts[-1] == eps`` exactly.
+
+    Raises:
+        TypeError: if ``sde`` is not a :class:`~sdesolve_gen.sde.LinearSDE`.
+        ValueError: on a bad ``n``, ``kind``, ``eps`` or ``rho``.
     """
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
@@ -138,7 +144,7 @@ def timesteps(
     ts[0], ts[-1] = T, eps
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"n={n} is too large for a strictly decreasing {kind!r} grid in float64")
-    return ts.to(device) if device is not None else ts
+    return ts.to(dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------- Brownian path
@@ -295,7 +301,7 @@ def sdeint(
     bm: Optional[BaseBrownian] = None,
     progress: bool = False,
     return_info: bool = False,
-    options: Optional[Dict[str, Any]] = None,
+    **options: Any,
 ) -> Union[Tensor, Tuple[Tensor, SolveInfo]]:
     r"""Solve an SDE with torchsde, on physical time, for states of any shape.
 
@@ -318,7 +324,7 @@ def sdeint(
         bm: a torchsde Brownian object of shape ``(B, d)`` over the solver-time span, instead.
         progress: show a tqdm bar over steps.
         return_info: also return a :class:`~sdesolve_gen.result.SolveInfo`.
-        options: extra torchsde solver options.
+        **options: extra torchsde solver options (e.g. ``milstein``'s ``grad_free=True``).
 
     Returns:
         ``xs`` of shape ``(len(ts), B, *shape)`` with ``xs[0] == x0``; and the info if asked.
