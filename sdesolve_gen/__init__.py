@@ -5,10 +5,13 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
-from . import analytic, correctors, guidance, samplers
+from . import analytic, correctors, data, guidance, losses, nets, samplers, train
 from ._checks import NonFiniteError
 from .bpd import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
+from .losses import dsm_loss, implicit_score_matching_loss, sliced_score_matching_loss
+from .nets import MLPScoreNet, UNet
+from .train import EMA, Trainer, load_checkpoint
 from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
 from .result import SolveInfo
@@ -21,6 +24,18 @@ from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 __version__ = "0.1.0"
 
 __all__ = [
+    "data",
+    "losses",
+    "nets",
+    "train",
+    "dsm_loss",
+    "sliced_score_matching_loss",
+    "implicit_score_matching_loss",
+    "MLPScoreNet",
+    "UNet",
+    "Trainer",
+    "EMA",
+    "load_checkpoint",
     "guidance",
     "classifier_guidance",
     "classifier_free_guidance",
