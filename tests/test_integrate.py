@@ -100,6 +100,19 @@ def test_same_seed_bit_identical_and_different_seeds_differ():
         assert b.shape == a.shape
 
 
+def test_milstein_equals_euler_on_additive_noise_and_srk_differs():
+    """The reverse SDE's g depends on t only, so Milstein's correction g g' vanishes: on the same
+    GridBrownian path it must reproduce Euler-Maruyama bit for bit. Control: srk (a different
+    scheme on a BrownianInterval) does not."""
+    sde, data = sg.VPSDE(), gmm()
+    rsde = sg.ReverseSDE(sde, data.score_fn(sde))
+    x_T = data.prior(sde).sample(30, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = timesteps(sde, 30)
+    em = sdeint(rsde, x_T, ts, seed=2)
+    assert torch.equal(sdeint(rsde, x_T, ts, method="milstein", seed=2), em)
+    assert not torch.equal(sdeint(rsde, x_T, ts, method="srk", seed=2)[-1], em[-1])
+
+
 def test_grid_brownian_increments_are_standard():
     """Increments: mean 0, variance h (chi-square on N*d draws), uncorrelated across steps.
 
