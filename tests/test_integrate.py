@@ -384,3 +384,28 @@ def test_odeint_bad_args(kwargs, exc, match):
     func, x0, ts = args.pop("func"), args.pop("x0"), args.pop("ts")
     with pytest.raises(exc, match=match):
         odeint(func, x0, ts, **args)
+
+
+def test_nonfinite_score_raises_with_time_and_leaves_the_sde_unchanged():
+    """A score that turns NaN below t=0.5 stops the solve with NonFiniteError naming the time;
+    the ReverseSDE's data_shape and step table are restored. Control: a finite score runs."""
+    sde = sg.VPSDE()
+
+    def bad(x, t):
+        return torch.where(torch.as_tensor(t) < 0.5, torch.full_like(x, float("nan")), -x)
+
+    rsde = sg.ReverseSDE(sde, bad)
+    x_T = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.raises(sg.NonFiniteError, match=r"t=0\.4"):
+        sdeint(rsde, x_T, timesteps(sde, 10), seed=0)
+    assert rsde.data_shape is None
+    ok = sg.ReverseSDE(sde, lambda x, t: -x)
+    assert torch.isfinite(sdeint(ok, x_T, timesteps(sde, 10), seed=0)).all()
+
+
+def test_progress_bar_does_not_change_the_result():
+    sde = sg.VPSDE()
+    rsde = sg.ReverseSDE(sde, lambda x, t: -x)
+    x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ts = timesteps(sde, 20)
+    assert torch.equal(sdeint(rsde, x_T, ts, seed=0, progress=True), sdeint(rsde, x_T, ts, seed=0))
