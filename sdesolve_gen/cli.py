@@ -3,7 +3,7 @@ r"""The ``sdesolve-gen`` command line.
 Subcommands (``sdesolve-gen <command> --help`` for each)::
 
     sdesolve-gen demo        [--out demo.png] [--seed 0] [-n 10000] ...
-    sdesolve-gen train       --data gmm8|moons|swissroll|checkerboard|digits --ckpt DIR [--steps N] [--resume]
+    sdesolve-gen train       --ckpt DIR [--data eight_gaussians|two_moons|swiss_roll|checkerboard|digits] [--steps N] [--resume]
     sdesolve-gen sample      DIR [--sampler NAME] [-n N] [--steps N] [--seed S] [--out samples.pt|.png]
     sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S]
     sdesolve-gen bench       [--quick] [--out DIR] [--only SECTION ...]
@@ -136,7 +136,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         cmd += ["--repeats", str(args.repeats)]
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    print("running: " + " ".join(cmd[1:]).replace(sys.executable, "python"), flush=True)
+    print("running: python " + " ".join(cmd[1:]), flush=True)
     return subprocess.call(cmd, env=env)
 
 
@@ -154,10 +154,6 @@ def _require(module: str) -> Any:
         raise CLIError(f"this command needs sdesolve_gen.{module}, which could not be imported ({err})") from None
 
 
-def _training_api() -> Dict[str, Any]:
-    return {name: _require(name) for name in ("data", "nets", "train")}
-
-
 def _load_config(ckpt: str) -> Dict[str, Any]:
     if not os.path.exists(ckpt):
         raise CLIError(f"argument checkpoint: no such file or directory: {ckpt!r}")
@@ -172,21 +168,220 @@ def _load_config(ckpt: str) -> Dict[str, Any]:
         raise CLIError(f"argument checkpoint: cannot read {path!r}: {err}") from None
 
 
+_SDES = {"vp": "VPSDE", "ve": "VESDE", "subvp": "SubVPSDE"}
+_DIGITS_HOLDOUT = 297  # the last 297 of the 1797 digits are held out (never trained on)
+
+
+def _build(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Model, SDE and data objects from a CLI config (see :func:`_cmd_train`)."""
+    import torch
+
+    from . import sde as sde_mod
+    from .parameterisation import ScoreModel
+
+    nets, data_mod = _require("nets"), _require("data")
+    sde = getattr(sde_mod, _SDES[cfg["sde"]])()
+    if cfg["data"] == "digits":
+        x = data_mod.load_digits(data_range=(-1.0, 1.0))
+        train, held = x[:-_DIGITS_HOLDOUT], x[-_DIGITS_HOLDOUT:]
+        net = nets.UNet(in_channels=1, base=cfg.get("base", 32), t_max=sde.T)
+        target, shape = None, (1, 8, 8)
+    else:
+        if cfg["data"] not in data_mod.TOY_DATASETS:
+            raise CLIError(f"argument --data: unknown dataset {cfg['data']!r}; choose from "
+                           f"{', '.join(sorted(data_mod.TOY_DATASETS))}, digits")
+        target = data_mod.TOY_DATASETS[cfg["data"]]()
+        train, held = target, None
+        net = nets.MLPScoreNet(2, hidden=cfg.get("hidden", 128), depth=cfg.get("depth", 3), t_max=sde.T)
+        shape = (2,)
+    model = ScoreModel(net, sde, "eps").to(torch.float32)
+    return dict(sde=sde, model=model, train=train, held=held, target=target, shape=shape)
+
+
+def _load_model(ckpt: str, weights: str = "ema") -> Dict[str, Any]:
+    """Config + objects + weights (``"ema"`` or ``"raw"``) of a checkpoint written by ``sdesolve-gen train``."""
+    cfg = _load_config(ckpt)
+    train_mod = _require("train")
+    built = _build(cfg)
+    path = ckpt if os.path.isfile(ckpt) else os.path.join(ckpt, train_mod.CHECKPOINT_NAME)
+    try:
+        state = train_mod.load_checkpoint(path)
+    except FileNotFoundError:
+        raise CLIError(f"argument checkpoint: no checkpoint file {path!r}") from None
+    except ValueError as err:
+        raise CLIError(f"argument checkpoint: {err}") from None
+    model = built["model"]
+    model.load_state_dict(state["model"])
+    if weights == "ema":
+        ema = train_mod.EMA(model)
+        ema.load_state_dict(state["ema"])
+        ema.copy_to(model)
+    model.eval()
+    built.update(cfg=cfg, step=int(state["step"]))
+    return built
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    _training_api()
-    raise CLIError("train: the training API has not been wired to the CLI yet")
+    train_mod = _require("train")
+    import torch
+
+    ckpt = args.ckpt
+    if os.path.exists(ckpt) and not os.path.isdir(ckpt):
+        raise CLIError(f"argument --ckpt: {ckpt!r} exists and is not a directory")
+    cfg_path = os.path.join(ckpt, _CONFIG)
+    has_ckpt = os.path.isfile(os.path.join(ckpt, train_mod.CHECKPOINT_NAME))
+    cfg = dict(data=args.data, sde=args.sde, parameterisation="eps", batch_size=args.batch_size, lr=args.lr,
+               seed=args.seed, ema_decay=args.ema_decay)
+    if args.resume:
+        if not has_ckpt:
+            raise CLIError(f"argument --resume: no checkpoint in {ckpt!r} to resume from")
+        old = _load_config(ckpt)
+        for key in ("data", "sde", "batch_size", "lr", "seed", "ema_decay"):
+            if old.get(key) != cfg[key]:
+                raise CLIError(f"argument --{key.replace('_', '-')}: the checkpoint in {ckpt!r} was trained with "
+                               f"{key}={old.get(key)!r}, not {cfg[key]!r} (resume needs the same settings)")
+    elif has_ckpt:
+        raise CLIError(f"argument --ckpt: {ckpt!r} already holds a checkpoint; pass --resume to continue it "
+                       f"or choose a new directory")
+    torch.set_num_threads(args.threads)
+    built = _build(cfg)
+    os.makedirs(ckpt, exist_ok=True)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=1)
+    trainer = train_mod.Trainer(
+        built["model"], built["sde"], built["train"], batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        ema_decay=args.ema_decay, checkpoint_dir=ckpt, checkpoint_every=args.every, log_every=max(1, min(100, args.steps // 20)),
+        progress=args.progress,
+    )
+    if args.resume:
+        trainer.resume()
+        print(f"resumed {ckpt} at step {trainer.step}")
+    if trainer.step >= args.steps:
+        raise CLIError(f"argument --steps: the checkpoint is already at step {trainer.step} >= {args.steps}")
+    start = time.perf_counter()
+    losses = trainer.train(args.steps)
+    wall = time.perf_counter() - start
+    tail = losses[-min(len(losses), 100):]
+    print(f"trained {args.data} ({args.sde} SDE, eps-parameterised, {sum(p.numel() for p in built['model'].parameters())} "
+          f"parameters) to step {trainer.step} in {wall:.1f} s; mean loss of the last {len(tail)} steps "
+          f"{sum(tail) / len(tail):.4f}")
+    print(f"checkpoint: {os.path.join(ckpt, train_mod.CHECKPOINT_NAME)}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .plotting import loss_curve
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        loss_curve(ax, trainer.history, smooth=0.98, title=f"DSM loss, {args.data}")
+        fig.savefig(os.path.join(ckpt, "loss.png"), dpi=90)
+        plt.close(fig)
+        print(f"loss curve: {os.path.join(ckpt, 'loss.png')}")
+    except ImportError:
+        pass
+    return 0
+
+
+def _run_sampler(name: str, sde: Any, score: Any, x_T: Any, steps: int, g: Any, progress: bool) -> Any:
+    import sdesolve_gen as sg
+
+    kind = "logsnr" if name.startswith("dpm") else "edm" if name == "heun" else "uniform"
+    ts = sg.timesteps(sde, steps, kind=kind)
+    if name in ("euler_maruyama", "reverse_diffusion", "ancestral"):
+        return getattr(sg, name)(sde, score, x_T, ts, generator=g, progress=progress)
+    if name == "pc":
+        return sg.predictor_corrector(sde, score, x_T, ts, generator=g, progress=progress)
+    if name == "ode":
+        return sg.ode(sde, score, x_T, ts, rtol=1e-5, atol=1e-5)
+    if name == "heun":
+        return sg.heun(sde, score, x_T, ts, progress=progress)
+    if name.startswith("dpm_solver-"):
+        return sg.dpm_solver(sde, score, x_T, ts, order=int(name[-1]), progress=progress)
+    if name == "dpm_solver_pp_2m":
+        return sg.dpm_solver_pp_2m(sde, score, x_T, ts, progress=progress)
+    return sg.adaptive_sde(sde, score, x_T, ts, generator=g)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    _load_config(args.checkpoint)
-    _training_api()
-    raise CLIError("sample: the training API has not been wired to the CLI yet")
+    out = args.out
+    if not (out.endswith(".pt") or out.lower().endswith(".png")):
+        raise CLIError(f"argument --out: expected a .pt or .png path, got {out!r}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise CLIError(f"argument --out: directory {os.path.dirname(os.path.abspath(out))!r} does not exist")
+    import torch
+
+    m = _load_model(args.checkpoint, args.weights)
+    sde, model = m["sde"], m["model"]
+    g = torch.Generator().manual_seed(args.seed)
+    x_T = sde.prior_sample((args.n, *m["shape"]), generator=g, dtype=torch.float32)
+    with torch.no_grad():
+        x, info = _run_sampler(args.sampler, sde, model, x_T, args.steps, g, args.progress)
+    print(f"{info.method}: {args.n} samples from {m['cfg']['data']} (checkpoint step {m['step']}, {args.weights} weights), "
+          f"NFE {info.nfe}, wall {info.wall_time:.2f} s")
+    if m["target"] is not None:
+        p0 = m["target"]
+        lp = p0.log_prob(x.double())
+        ref = float(p0.log_prob(p0.sample(100_000, generator=g, dtype=torch.float64)).mean())
+        print(f"mean exact log p_data(samples) {float(lp.mean()):.4f} +- {float(lp.std()) / math.sqrt(args.n):.4f} "
+              f"vs E_data[log p_data] {ref:.4f} (a perfect sampler of a perfect model matches)")
+    if out.endswith(".pt"):
+        torch.save({"samples": x, "method": info.method, "nfe": info.nfe, "checkpoint_step": m["step"]}, out)
+    else:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .plotting import image_grid, scatter_vs_density
+
+        if m["target"] is not None:
+            fig, ax = plt.subplots(figsize=(6, 6))
+            scatter_vs_density(ax, x, m["target"], title=f"{info.method}, NFE {info.nfe}")
+            fig.savefig(out, dpi=90)
+            plt.close(fig)
+        else:
+            image_grid(x[:100], out, value_range=(-1.0, 1.0))
+    print(f"wrote {out}")
+    return 0
 
 
 def _cmd_likelihood(args: argparse.Namespace) -> int:
-    _load_config(args.checkpoint)
-    _training_api()
-    raise CLIError("likelihood: the training API has not been wired to the CLI yet")
+    import torch
+
+    from .likelihood import log_likelihood
+
+    m = _load_model(args.checkpoint, args.weights)
+    sde, model = m["sde"], m["model"].double()
+    g = torch.Generator().manual_seed(args.seed)
+    if m["target"] is not None:
+        # fresh draws from the analytic target: independent of every training batch
+        x = m["target"].sample(args.n, generator=g, dtype=torch.float64)
+        what = f"{args.n} fresh samples of {m['cfg']['data']}"
+    else:
+        held = m["held"]
+        x = held[: args.n].double()
+        what = f"{x.shape[0]} held-out digits (never trained on)"
+    res = log_likelihood(sde, model, x, rtol=args.rtol, atol=args.atol, divergence=args.divergence,
+                         n_probes=args.probes, generator=g)
+    lp = res.log_prob
+    n = lp.numel()
+    D = math.prod(m["shape"])
+    se_data = float(lp.std()) / math.sqrt(n) if n > 1 else float("nan")
+    se_probe = float(res.stderr.pow(2).mean().sqrt() / math.sqrt(n)) if args.divergence == "hutchinson" else 0.0
+    bpd = -lp / (D * math.log(2.0))
+    print(f"PF-ODE log-likelihood (dopri5 rtol={args.rtol:g} atol={args.atol:g}, {args.divergence} divergence"
+          f"{f', {args.probes} probes' if args.divergence == 'hutchinson' else ''}, standard prior, {args.weights} weights, checkpoint step {m['step']}) of {what}:")
+    print(f"  mean log p = {float(lp.mean()):.4f} nats  (stderr over data {se_data:.4f}, over probes {se_probe:.4f})")
+    print(f"  bits/dim   = {float(bpd.mean()):.4f}  (continuous, -log p / (D ln 2), D = {D}; "
+          f"stderr {se_data / (D * math.log(2.0)):.4f})")
+    if m["target"] is not None:
+        exact = m["target"].log_prob(x)
+        print(f"  exact mean log p_data of the same points = {float(exact.mean()):.4f} nats "
+              f"(model - exact = {float((lp - exact).mean()):+.4f})")
+    print(f"  NFE {res.nfe}, wall {res.wall_time:.1f} s")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -222,15 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a score network on a toy 2-D dataset or digits",
                        description="Train a score network with denoising score matching; checkpoints are atomic "
                        "and --resume continues from the last one.")
-    t.add_argument("--data", default="gmm8", help="dataset: a toy 2-D mixture name or 'digits' (default: gmm8)")
+    t.add_argument("--data", default="eight_gaussians",
+                   help="eight_gaussians, two_moons, swiss_roll, checkerboard (analytic 2-D mixtures) or digits "
+                   "(sklearn 8x8, last 297 held out) (default: eight_gaussians)")
     t.add_argument("--ckpt", required=True, help="checkpoint directory (created if missing)")
     t.add_argument("--steps", type=_positive_int, default=2000, help="total optimisation steps (default: 2000)")
     t.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (default: 256)")
     t.add_argument("--lr", type=_positive_float, default=2e-3, help="learning rate (default: 2e-3)")
+    t.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the sampling weights (default: 0.999)")
     t.add_argument("--sde", default="vp", choices=("vp", "ve", "subvp"), help="forward SDE (default: vp)")
     t.add_argument("--every", type=_positive_int, default=500, help="checkpoint every N steps (default: 500)")
     t.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt")
+    t.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     t.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     t.set_defaults(func=_cmd_train)
 
@@ -242,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=1000, help="number of samples (default: 1000)")
     s.add_argument("--steps", type=_positive_int, default=500, help="grid steps (default: 500; ignored by ode/adaptive_sde)")
     s.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
+    s.add_argument("--weights", default="ema", choices=("ema", "raw"),
+                   help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
     s.add_argument("--out", default="samples.pt", help="output: .pt (tensor) or .png (figure) (default: samples.pt)")
     s.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     s.set_defaults(func=_cmd_sample)
@@ -256,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--rtol", type=_positive_float, default=1e-5, help="ODE rtol (default: 1e-5)")
     lk.add_argument("--atol", type=_positive_float, default=1e-5, help="ODE atol (default: 1e-5)")
     lk.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
+    lk.add_argument("--weights", default="ema", choices=("ema", "raw"),
+                   help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
     lk.set_defaults(func=_cmd_likelihood)
 
     b = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)",
