@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median)")
     args = ap.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 2)
     if repeats < 1:
         ap.error("--repeats must be >= 1")
     os.makedirs(args.out, exist_ok=True)

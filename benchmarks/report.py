@@ -37,7 +37,7 @@ def write(results: Dict[str, Any], out: str) -> Dict[str, str]:
     s = g.get("sampling_10nfe", {})
     md.append(f"* Our best sampler's sliced W2 at 10 NFE <= best k-diffusion sampler's: **{_verdict(s.get('passed'))}**")
     for p, v in s.get("per_problem", {}).items():
-        md.append(f"  * {p}: ours {v['ours']} {v['ours_sw2']:.4g} vs {v['peer']} {v['peer_sw2']:.4g} -> {_verdict(v['passed'])}")
+        md.append(f"  * {p}: {v['ours']} {v['ours_sw2']:.4g} vs {v['peer']} {v['peer_sw2']:.4g} -> {_verdict(v['passed'])}")
     e = g.get("em_overhead", {})
     md.append(f"* EM overhead of our sdeint <= 1.1x a bare loop: **{_verdict(e.get('passed'))}**")
     for p, v in e.get("per_problem", {}).items():
@@ -79,3 +79,43 @@ def write(results: Dict[str, Any], out: str) -> Dict[str, str]:
     with open(paths["json"], "w") as f:
         json.dump(results, f, indent=1, default=str)
     return paths
+
+
+def md_to_rst(md: str) -> str:
+    """Convert the report's restricted markdown (headings, bullets, pipe tables, code spans) to
+    reStructuredText, for pasting into ``docs/benchmarks.rst``."""
+    out: List[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].replace("`", "``")
+        if not line.startswith("|"):
+            line = line.replace("|", "\\|")  # a literal bar, not an RST substitution
+        if line.startswith("# "):
+            i += 1
+            continue  # the page has its own title
+        if line.startswith("## "):
+            title = line[3:].strip()
+            out += ["", title, "~" * len(title), ""]
+        elif line.startswith("| "):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not lines[i].startswith("|---"):
+                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            out += ["", ".. list-table::", "   :header-rows: 1", ""]
+            for r in rows:
+                out.append("   * - " + (r[0] or "\\ "))
+                out += ["     - " + (c or "\\ ") for c in r[1:]]
+            out.append("")
+            continue
+        elif line.startswith("  * "):
+            if out and out[-1].startswith("* "):
+                out.append("")
+            out.append(line)
+        else:
+            if line.startswith("* ") and out and out[-1].startswith("  * "):
+                out.append("")
+            out.append(line)
+        i += 1
+    return "\n".join(out) + "\n"

@@ -74,7 +74,7 @@ def run(*, quick: bool, repeats: int, out: str, log=print) -> Dict[str, Any]:
     except ImportError as e:  # pragma: no cover
         log(f"scaling likelihood: not available yet ({e})")
         return {"rows": rows, "plots": plots, "skipped": [str(e)]}
-    dims = [2, 8, 32] if quick else [2, 8, 32, 128, 512]
+    dims = [2, 8, 32] if quick else [2, 8, 32, 128, 256]
     B = 32
     series = {"exact trace": [], "Hutchinson x1": []}
     for D in dims:
