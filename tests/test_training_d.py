@@ -252,3 +252,33 @@ def test_corrupt_or_truncated_checkpoint_names_file(tmp_path):
         load_checkpoint(ck)
     # no temporary files left behind by the atomic writer
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "Trainer checkpoints hold only rank 0's generator states and every rank restores them on resume, "
+    "so a resumed DDP run differs from the uninterrupted one (and all ranks then share one noise/time "
+    "stream). Fix: gather per-rank RNG states into the checkpoint (helper D's report has a tested patch); "
+    "remove this marker once applied."))
+def test_ddp_resume_is_bit_exact(tmp_path):
+    """torchrun, 2 gloo ranks: 10 straight steps vs 5 + resume from disk (new Trainer) to 10 must
+    give identical weights, bit for bit, on both ranks. Control: the straight run itself is
+    identical across ranks (DDP averaging), so a mismatch is a resume defect, not rank drift."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(here.parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(here / "_ddp_resume_worker_d.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for a, b in zip(r0["straight"], r1["straight"]):
+        assert torch.equal(a, b)
+    for r in (r0, r1):
+        for a, b in zip(r["straight"], r["resumed"]):
+            assert torch.equal(a, b)
