@@ -5,7 +5,7 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
-from . import analytic, correctors, data, guidance, losses, nets, samplers, train
+from . import analytic, correctors, data, guidance, losses, nets, plotting, samplers, train
 from ._checks import NonFiniteError
 from .bpd import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
@@ -44,6 +44,7 @@ __all__ = [
     "inpaint",
     "gaussian_conditional",
     "analytic",
+    "plotting",
     "samplers",
     "correctors",
     "euler_maruyama",

@@ -95,12 +95,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not out.lower().endswith(".png"):
         raise CLIError(f"argument --out: expected a .png path, got {out!r}")
     log = (lambda s: print(f"  {s}", file=sys.stderr, flush=True)) if args.verbose else None
-    import torch
-
-    # 2-D problems gain nothing from intra-op threads, and on a busy machine OpenMP threads
-    # contending for cores slowed the default demo 15x (measured: 162 s with 2 threads at load 6
-    # vs ~10 s with 1), so the demo process uses --threads (default 1).
-    torch.set_num_threads(args.threads)
     result = run_demo(
         out, seed=args.seed, n=args.n, em_steps=args.em_steps, pc_steps=args.pc_steps,
         dpm_steps=args.dpm_steps, n_likelihood=args.n_likelihood, progress=args.progress, log=log,
@@ -243,7 +237,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif has_ckpt:
         raise CLIError(f"argument --ckpt: {ckpt!r} already holds a checkpoint; pass --resume to continue it "
                        f"or choose a new directory")
-    torch.set_num_threads(args.threads)
     built = _build(cfg)
     os.makedirs(ckpt, exist_ok=True)
     with open(cfg_path, "w") as f:
@@ -441,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=1000, help="number of samples (default: 1000)")
     s.add_argument("--steps", type=_positive_int, default=500, help="grid steps (default: 500; ignored by ode/adaptive_sde)")
     s.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
+    s.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     s.add_argument("--weights", default="ema", choices=("ema", "raw"),
                    help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
     s.add_argument("--out", default="samples.pt", help="output: .pt (tensor) or .png (figure) (default: samples.pt)")
@@ -457,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--rtol", type=_positive_float, default=1e-5, help="ODE rtol (default: 1e-5)")
     lk.add_argument("--atol", type=_positive_float, default=1e-5, help="ODE atol (default: 1e-5)")
     lk.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
+    lk.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     lk.add_argument("--weights", default="ema", choices=("ema", "raw"),
                    help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
     lk.set_defaults(func=_cmd_likelihood)
@@ -480,6 +475,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     prog = f"sdesolve-gen {args.command}"
+    if getattr(args, "threads", None):
+        import torch
+
+        # small models gain little from intra-op threads, and on a busy machine OpenMP threads
+        # contending for cores slowed the default demo 8x (measured: 162 s with 2 threads at
+        # load 6 vs 21 s with 1), so every command uses --threads (default 1).
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except CLIError as err:
