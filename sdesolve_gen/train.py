@@ -280,13 +280,21 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> Dict[str, Any]:
+        """Checkpoint contents. Under DDP this is a collective (every rank must call it): the
+        generator states of ALL ranks are gathered, so each rank resumes its own streams."""
+        rng = {"data": self.g_data.get_state(), "noise": self.g_noise.get_state(), "torch": torch.get_rng_state()}
+        rng_ranks: List[Any] = [rng]
+        if self.distributed:
+            rng_ranks = [None] * self.world
+            torch.distributed.all_gather_object(rng_ranks, rng)
         return {
             "format": _FORMAT,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"data": self.g_data.get_state(), "noise": self.g_noise.get_state(), "torch": torch.get_rng_state()},
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
             "history": torch.tensor(self.history, dtype=torch.float64),
         }
 
@@ -295,20 +303,27 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        self.g_data.set_state(state["rng"]["data"])
-        self.g_noise.set_state(state["rng"]["noise"])
-        torch.set_rng_state(state["rng"]["torch"])
+        ranks = state.get("rng_ranks", [state["rng"]])
+        if len(ranks) != self.world:
+            raise ValueError(f"checkpoint holds generator states of {len(ranks)} rank(s) but this run has {self.world}; "
+                             "bit-exact resume needs the same number of ranks")
+        rng = ranks[self.rank]
+        self.g_data.set_state(rng["data"])
+        self.g_noise.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
         self.history = [float(v) for v in state.get("history", torch.zeros(0)).tolist()]
 
     def save(self, path: Optional[PathLike] = None) -> Optional[Path]:
         """Atomically write the checkpoint (rank 0 only); default ``checkpoint_dir/checkpoint.pt``."""
-        if self.rank != 0:
-            return None
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("save() needs a path or a checkpoint_dir")
             path = self.checkpoint_dir / CHECKPOINT_NAME
-        return atomic_save(self.state_dict(), path)
+        state = self.state_dict()  # collective under DDP
+        out = atomic_save(state, path) if self.rank == 0 else None
+        if self.distributed:
+            torch.distributed.barrier()  # no rank reads the file before rank 0 has replaced it
+        return out
 
     def resume(self, path: Optional[PathLike] = None) -> bool:
         """Load the checkpoint at ``path`` (or ``checkpoint_dir``) if it exists; True if loaded."""

@@ -255,11 +255,6 @@ def test_corrupt_or_truncated_checkpoint_names_file(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "Trainer checkpoints hold only rank 0's generator states and every rank restores them on resume, "
-    "so a resumed DDP run differs from the uninterrupted one (and all ranks then share one noise/time "
-    "stream). Fix: gather per-rank RNG states into the checkpoint (helper D's report has a tested patch); "
-    "remove this marker once applied."))
 def test_ddp_resume_is_bit_exact(tmp_path):
     """torchrun, 2 gloo ranks: 10 straight steps vs 5 + resume from disk (new Trainer) to 10 must
     give identical weights, bit for bit, on both ranks. Control: the straight run itself is
