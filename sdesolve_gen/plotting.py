@@ -123,7 +123,7 @@ def scatter_vs_density(
     with torch.no_grad():
         lp = _to_numpy("log_prob", logpdf(grid)).reshape(n_grid, n_grid)
     dens = np.exp(lp)
-    ax.contourf(gx, gy, dens, levels=levels, cmap="Greys", alpha=0.8)
+    ax.contourf(gx, gy, dens, levels=levels, cmap="Greys", alpha=0.5)
     pts = xy[:max_points]
     ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, linewidths=0)
     ax.contour(gx, gy, dens, levels=levels, colors="k", linewidths=0.5, alpha=0.7)
