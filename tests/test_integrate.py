@@ -137,7 +137,7 @@ def test_reverse_euler_recovers_data_moments():
     """Reverse EM from the exact prior, 500 steps, 10000 samples (float64).
 
     Budget: EM bias of this mixture's moments at 500 steps, measured once with 200k samples
-    (/tmp script: 20 seeded chunks of 10k through this same call): mean bias (-0.0006 +- 0.0037,
+    (tests/_measure_em_bias.py: 20 seeded chunks of 10k through this same call): mean bias (-0.0006 +- 0.0037,
     0.0002 +- 0.0029), variance bias (0.008 +- 0.009, 0.002 +- 0.005). Allowed bias = measured +
     2 SE of that measurement: 0.01 (mean), 0.03 (variance). MC: 5 standard errors at N=10000.
     Control: the score of the data shifted by +0.3 is rejected by the same test.
