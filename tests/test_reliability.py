@@ -68,6 +68,68 @@ CASES: List[Case] = [
 ]
 
 
+def _ts():
+    return sg.timesteps(sg.VPSDE(), 4)
+
+
+def _rsde():
+    return sg.ReverseSDE(sg.VPSDE(), lambda x, t: -x)
+
+
+def _truncated_checkpoint():
+    import tempfile
+    from pathlib import Path
+
+    from sdesolve_gen.train import Trainer
+
+    d = Path(tempfile.mkdtemp())
+    tr = Trainer(sg.ScoreModel(sg.MLPScoreNet(2, hidden=8, depth=1), sg.VPSDE()), sg.VPSDE(), torch.randn(8, 2),
+                 batch_size=4, checkpoint_dir=d)
+    tr.train(1)
+    raw = (d / "checkpoint.pt").read_bytes()
+    (d / "checkpoint.pt").write_bytes(raw[: len(raw) // 3])
+    return sg.load_checkpoint(d / "checkpoint.pt")
+
+
+def _cli(*argv):
+    from sdesolve_gen.cli import main
+
+    code = main(list(argv))
+    if code == 2:
+        raise SystemExit(2)
+    return code
+
+
+CASES += [
+    # ---- solvers
+    ("sdeint-increasing-ts-for-reverse", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts().flip(0)), ValueError, "decreasing"),
+    ("sdeint-zero-dt", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), dt=0.0), ValueError, "dt"),
+    ("sdeint-unknown-method", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), method="rk45"), ValueError, "method"),
+    ("sdeint-strat-method-on-ito", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), method="heun"), ValueError, "Stratonovich"),
+    ("odeint-non-monotone", lambda: sg.odeint(sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), torch.tensor([1.0, 0.2, 0.5])), ValueError, "monotone"),
+    ("odeint-unknown-option", lambda: sg.odeint(sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), options={"stepsize": 1}), ValueError, "options"),
+    ("timesteps-zero-steps", lambda: sg.timesteps(sg.VPSDE(), 0), ValueError, "n must be"),
+    # ---- samplers
+    ("sampler-nan-prior-sample", lambda: sg.heun(sg.VPSDE(), lambda x, t: -x, torch.full((2, 2), float("nan")), _ts()), ValueError, "x_T"),
+    ("sampler-ts-outside", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), torch.tensor([3.0, 0.1])), ValueError, r"\(0, T\]"),
+    ("dpm-solver-order-4", lambda: sg.dpm_solver(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), order=4), ValueError, "order"),
+    ("pc-unknown-predictor", lambda: sg.predictor_corrector(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), predictor="rk4"), ValueError, "predictor"),
+    ("nan-score-in-sampler", lambda: sg.dpm_solver(sg.VPSDE(), _nan_score, torch.zeros(2, 2), _ts()), sg.NonFiniteError, "t=1"),
+    # ---- likelihood
+    ("likelihood-zero-probes", lambda: sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), divergence="hutchinson", n_probes=0), ValueError, "n_probes"),
+    ("likelihood-nan-data", lambda: sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.full((2, 2), float("nan"))), ValueError, "x"),
+    ("likelihood-unknown-divergence", lambda: sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), divergence="trace"), ValueError, "divergence"),
+    # ---- training and checkpoints
+    ("truncated-checkpoint", _truncated_checkpoint, ValueError, "corrupt or truncated"),
+    ("missing-checkpoint", lambda: sg.load_checkpoint("/nonexistent/dir/checkpoint.pt"), FileNotFoundError, "checkpoint not found"),
+    ("trainer-zero-batch", lambda: sg.Trainer(sg.ScoreModel(sg.MLPScoreNet(2), sg.VPSDE()), sg.VPSDE(), torch.zeros(4, 2), batch_size=0), ValueError, "batch_size"),
+    ("dsm-unknown-weighting", lambda: sg.dsm_loss(lambda x, t: x, sg.VPSDE(), torch.zeros(4, 2), weighting="snr"), ValueError, "weighting"),
+    # ---- command line (exit code 2, message on stderr)
+    ("cli-unknown-sampler", lambda: _cli("sample", "--checkpoint", "/nonexistent", "--sampler", "rk45"), SystemExit, "2"),
+    ("cli-negative-n", lambda: _cli("sample", "--checkpoint", "/nonexistent", "-n", "-5"), SystemExit, "2"),
+]
+
+
 @pytest.mark.parametrize("name, call, exc, match", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_rejected_with_a_named_argument(name, call, exc, match):
     with pytest.raises(exc, match=match):
