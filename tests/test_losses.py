@@ -138,7 +138,7 @@ def test_ssm_and_ism_agree_with_the_fisher_divergence_closed_form():
     assert abs(float(ism.detach().mean()) - exact) <= 5 * se + 1e-12
     # control: the same check rejects a different linear score
     A2 = 2.0 * A
-    ism2 = float(implicit_score_matching_loss(_linear_score(A2, m), x))
+    ism2 = float(implicit_score_matching_loss(_linear_score(A2, m), x).detach())
     assert abs(ism2 - exact) > 5 * se
 
 
@@ -146,8 +146,8 @@ def test_ism_is_minimised_by_the_true_score():
     """ISM(true score) < ISM(perturbed): ISM = Fisher divergence + const."""
     prec = torch.linalg.inv(COV)
     x = sg.analytic.Gaussian(MU, COV).sample(20_000, generator=torch.Generator().manual_seed(0), dtype=F64)
-    best = float(implicit_score_matching_loss(_linear_score(prec, MU), x))
-    worse = float(implicit_score_matching_loss(_linear_score(prec * 1.3, MU), x))
+    best = float(implicit_score_matching_loss(_linear_score(prec, MU), x).detach())
+    worse = float(implicit_score_matching_loss(_linear_score(prec * 1.3, MU), x).detach())
     assert best < worse
 
 
