@@ -1,10 +1,5 @@
 """Networks, data, trainer: EMA, atomic checkpoints, bit-exact resume, DDP."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -13,8 +8,7 @@ from sdesolve_gen import data as D
 from sdesolve_gen.nets import GaussianFourierEmbedding, MLPScoreNet, UNet
 from sdesolve_gen.train import EMA, Trainer, atomic_save, load_checkpoint
 
-HERE = pathlib.Path(__file__).parent
-
+from _torchrun import run_two_ranks
 
 # ---------------------------------------------------------------------------------- nets
 
@@ -173,13 +167,7 @@ def test_trainer_bad_inputs(tmp_path):
 def test_ddp_two_ranks_identical_weights(tmp_path):
     """torchrun with 2 gloo ranks: weights identical across ranks (DDP averages gradients), changed
     from the initial ones, shards disjoint, and only rank 0 wrote the checkpoint."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(HERE / "_ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_two_ranks("_ddp_worker.py", tmp_path)
     for a, b in zip(r0["final"], r1["final"]):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(r0["init"], r0["final"]))

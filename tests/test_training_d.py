@@ -259,19 +259,9 @@ def test_ddp_resume_is_bit_exact(tmp_path):
     """torchrun, 2 gloo ranks: 10 straight steps vs 5 + resume from disk (new Trainer) to 10 must
     give identical weights, bit for bit, on both ranks. Control: the straight run itself is
     identical across ranks (DDP averaging), so a mismatch is a resume defect, not rank drift."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from _torchrun import run_two_ranks
 
-    here = Path(__file__).parent
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(here.parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(here / "_ddp_resume_worker_d.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_two_ranks("_ddp_resume_worker_d.py", tmp_path)
     for a, b in zip(r0["straight"], r1["straight"]):
         assert torch.equal(a, b)
     for r in (r0, r1):
