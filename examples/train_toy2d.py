@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     data = TOY_DATASETS[args.dataset]()
     model = sg.ScoreModel(sg.MLPScoreNet(2, hidden=args.hidden, depth=3), sde, "eps")
     trainer = sg.Trainer(
-        model, sde, data, batch_size=args.batch_size, lr=2e-3, ema_decay=0.999 if not args.smoke else 0.9,
+        model, sde, data, batch_size=args.batch_size, lr=2e-3, lr_decay_steps=args.steps, ema_decay=0.999 if not args.smoke else 0.9,
         weighting=args.weighting, importance_sampling=args.weighting == "g2", seed=args.seed,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=2000, log_every=500, progress=args.progress,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -129,6 +130,9 @@ class Trainer:
             ``sample(n, generator=..., dtype=...)`` (e.g. an analytic ``GaussianMixture``).
         batch_size: per-rank batch size.
         lr, weight_decay: AdamW settings.
+        lr_decay_steps: if > 0, cosine decay of the learning rate,
+            :math:`\mathrm{lr}_k = \mathrm{lr}\,\tfrac12(1 + \cos(\pi\min(k/K, 1)))` with ``K = lr_decay_steps``
+            (a function of the step alone, so resume stays bit-exact); 0 keeps it constant.
         grad_clip: max gradient norm (``None`` or 0 to disable).
         ema_decay: EMA decay of the weights used for sampling.
         weighting, importance_sampling, eps: passed to :func:`~sdesolve_gen.losses.dsm_loss`.
@@ -151,6 +155,7 @@ class Trainer:
         batch_size: int = 256,
         lr: float = 2e-3,
         weight_decay: float = 0.0,
+        lr_decay_steps: int = 0,
         grad_clip: Optional[float] = 1.0,
         ema_decay: float = 0.999,
         weighting: Weighting = "sigma2",
@@ -188,6 +193,9 @@ class Trainer:
         self.checkpoint_every, self.log_every = checkpoint_every, log_every
         self.eval_fn, self.eval_every, self.progress = eval_fn, eval_every, progress
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=check_positive("lr", lr), weight_decay=weight_decay)
+        if isinstance(lr_decay_steps, bool) or not isinstance(lr_decay_steps, int) or lr_decay_steps < 0:
+            raise ValueError(f"lr_decay_steps must be an int >= 0, got {lr_decay_steps!r}")
+        self.base_lr, self.lr_decay_steps = float(lr), lr_decay_steps
         self.ema = EMA(model, ema_decay)
         self.step = 0
         self.history: List[float] = []
@@ -224,6 +232,10 @@ class Trainer:
             raise FloatingPointError(f"training loss became non-finite at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.lr_decay_steps:
+            frac = min(self.step / self.lr_decay_steps, 1.0)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * frac))
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()

@@ -87,14 +87,16 @@ def test_ema_is_the_exponential_average():
     assert float(ema.shadow[0]) == pytest.approx(0.9 * (0.1 * 1.0) + 0.1 * 2.0)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    """N steps straight == N/2 steps, a fresh process-like Trainer loading the checkpoint, N/2 more."""
-    straight = _trainer(tmp_path / "a")
+@pytest.mark.parametrize("decay", [0, 15])
+def test_resume_is_bit_exact(tmp_path, decay):
+    """N steps straight == N/2 steps, a fresh process-like Trainer loading the checkpoint, N/2 more
+    (with a constant and with a cosine-decayed learning rate)."""
+    straight = _trainer(tmp_path / "a", lr_decay_steps=decay)
     straight.train(20)
-    first = _trainer(tmp_path / "b")
+    first = _trainer(tmp_path / "b", lr_decay_steps=decay)
     first.train(10)
     del first  # the "killed" run: only its checkpoint on disk survives
-    second = _trainer(tmp_path / "b", seed=999)  # different seed: everything must come from disk
+    second = _trainer(tmp_path / "b", seed=999, lr_decay_steps=decay)  # different seed: everything must come from disk
     assert second.resume()
     assert second.step == 10
     second.train(20)
@@ -103,7 +105,7 @@ def test_resume_is_bit_exact(tmp_path):
     for p, q in zip(straight.ema.shadow, second.ema.shadow):
         assert torch.equal(p, q)
     # control: without the saved RNG state the continuation differs
-    third = _trainer(tmp_path / "c", seed=999)
+    third = _trainer(tmp_path / "c", seed=999, lr_decay_steps=decay)
     third.load_state_dict({**load_checkpoint(tmp_path / "b"), "step": 10})
     third.g_noise.manual_seed(5)
     third.train(20)
