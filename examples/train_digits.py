@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     try:
         from sdesolve_gen.plotting import image_grid
 
-        image_grid(x.clamp(*RANGE), args.out, nrow=8, value_range=RANGE)
+        image_grid(x.clamp(*RANGE), args.out, nrow=8, value_range=RANGE, dpi=400)
         print(f"wrote {args.out} (64 samples, DPM-Solver-2, {info.nfe} NFE)")
     except ImportError as exc:
         print(f"skipped the PNG: {exc}")
