@@ -22,7 +22,7 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny run for CI")
     p.add_argument("--dataset", default="eight_gaussians", choices=sorted(TOY_DATASETS))
     p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--weighting", default="g2", choices=["sigma2", "g2"])
     p.add_argument("--n-eval", type=int, default=2000)
