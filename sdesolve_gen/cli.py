@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["main", "build_parser", "SAMPLERS"]
 
@@ -217,8 +217,6 @@ def _load_model(ckpt: str, weights: str = "ema") -> Dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     train_mod = _require("train")
-    import torch
-
     ckpt = args.ckpt
     if os.path.exists(ckpt) and not os.path.isdir(ckpt):
         raise CLIError(f"argument --ckpt: {ckpt!r} exists and is not a directory")

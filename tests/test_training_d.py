@@ -23,10 +23,7 @@ from sdesolve_gen.losses import (
     sample_time,
     sliced_score_matching_loss,
 )
-from sdesolve_gen.nets import MLPScoreNet
-from sdesolve_gen.parameterisation import ScoreModel
 from sdesolve_gen.sde import VESDE, VPSDE, SubVPSDE
-from sdesolve_gen.train import Trainer, load_checkpoint
 
 Z_TOL = 5.0  # Monte-Carlo budget: |estimate - exact| < 5 standard errors
 
@@ -198,60 +195,6 @@ def test_ssm_and_ism_equal_fisher_minus_constant_on_gaussian():
     se = float(per_true.std()) / math.sqrt(per_true.numel())
     assert abs(float(per_true.mean()) - want) > Z_TOL * se
     assert abs(float(per_true.mean()) + 0.5 * float(torch.trace(P))) < Z_TOL * se + 1e-12
-
-
-def _trainer(tmp, data, seed=0):
-    torch.manual_seed(123)  # identical initial weights
-    sde = VPSDE()
-    model = ScoreModel(MLPScoreNet(2, hidden=16, depth=2, embed_dim=8), sde, "eps")
-    return Trainer(model, sde, data, batch_size=32, lr=1e-2, ema_decay=0.9, seed=seed, checkpoint_dir=tmp, log_every=5)
-
-
-def test_resume_is_bit_exact(tmp_path):
-    data = torch.randn(200, 2, generator=torch.Generator().manual_seed(6))
-    straight = _trainer(tmp_path / "a", data)
-    straight.train(20)
-    half = _trainer(tmp_path / "b", data)
-    half.train(10)
-    del half  # simulate a kill: only the file survives
-    resumed = _trainer(tmp_path / "b", data)
-    assert resumed.resume()
-    assert resumed.step == 10
-    resumed.train(20)
-    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(p, q)
-    for p, q in zip(straight.ema.shadow, resumed.ema.shadow):
-        assert torch.equal(p, q)
-    # negative control: restoring the weights but not the generators/optimiser breaks equality
-    ctrl = _trainer(tmp_path / "c", data)
-    ctrl.train(10)
-    fresh = _trainer(None, data)
-    fresh.model.load_state_dict(ctrl.model.state_dict())
-    fresh.step = 10
-    fresh.train(20)
-    assert any(not torch.equal(p, q) for p, q in zip(straight.model.parameters(), fresh.model.parameters()))
-    # the log is JSON lines written by the trainer
-    lines = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 4
-
-
-def test_corrupt_or_truncated_checkpoint_names_file(tmp_path):
-    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(7))
-    tr = _trainer(tmp_path, data)
-    tr.train(2)
-    ck = tmp_path / "checkpoint.pt"
-    raw = ck.read_bytes()
-    ck.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="checkpoint.pt"):
-        load_checkpoint(ck)
-    ck.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="checkpoint.pt"):
-        _trainer(tmp_path, data).resume()
-    torch.save({"hello": torch.zeros(1)}, ck)
-    with pytest.raises(ValueError, match="not an sdesolve_gen trainer checkpoint"):
-        load_checkpoint(ck)
-    # no temporary files left behind by the atomic writer
-    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 @pytest.mark.slow
