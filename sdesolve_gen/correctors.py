@@ -1,4 +1,3 @@
-# Written by the lead (see /work/briefs/common.md, NOTICE 08:28): extend in place, do not re-create.
 r"""Langevin correctors, annealed Langevin dynamics and predictor-corrector sampling.
 
 Langevin dynamics :math:`x \leftarrow x + \epsilon\, s(x) + \sqrt{2\epsilon}\, z` leaves

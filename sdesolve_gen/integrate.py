@@ -1,4 +1,3 @@
-# Written by the lead (see /work/briefs/common.md, NOTICE 08:28): extend in place, do not re-create.
 r"""Thin, exact wrappers over torchsde and torchdiffeq: ``sdeint``, ``odeint``, ``timesteps``.
 
 What the wrappers add to the raw libraries (DESIGN.md section 2 and 4):

@@ -1,4 +1,3 @@
-# Written by the lead (see /work/briefs/common.md, NOTICE 08:28): extend in place, do not re-create.
 r"""Samplers: small functions with one signature (the style of k-diffusion's ``sampling.py``).
 
 Every sampler is called as::
