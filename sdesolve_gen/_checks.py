@@ -13,6 +13,13 @@ import torch
 TimeLike = Union[float, int, torch.Tensor]
 
 
+def as_time64(t: TimeLike) -> torch.Tensor:
+    """``t`` (float, 0-d or ``(B,)`` tensor) as a float64 tensor on its device; no range check (hot path)."""
+    if isinstance(t, torch.Tensor):
+        return t.to(torch.float64)
+    return torch.tensor(float(t), dtype=torch.float64)
+
+
 def check_positive(name: str, value: float) -> float:
     """Return ``float(value)`` if it is a finite number > 0, else raise.
 

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._checks import TimeLike, check_tensor
+from ._checks import TimeLike, as_time64, check_tensor
 from .sde import LinearSDE
 
 Tensor = torch.Tensor
@@ -283,7 +283,7 @@ class GaussianMixture:
 
         def score(x: Tensor, t: TimeLike) -> Tensor:
             xf = self._flat(x)
-            tt = t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
+            tt = as_time64(t)
             if tt.dim() > 1 or (tt.dim() == 1 and tt.shape[0] not in (1, xf.shape[0])):
                 raise ValueError(f"t must be a scalar or have shape (B,) = ({xf.shape[0]},), got {tuple(tt.shape)}")
             return self._score(xf, tt, sde).reshape(x.shape)

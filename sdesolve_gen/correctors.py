@@ -17,6 +17,7 @@ from .reverse import ScoreFn
 from .samplers import (
     SampleResult,
     _ancestral_step,
+    _em_step,
     _reverse_diffusion_step,
     _Run,
 )
@@ -89,11 +90,6 @@ def annealed_langevin(
         for _ in range(n_steps_each):
             x = x + 0.5 * a_i * run.score(x, i) + math.sqrt(a_i) * run.noise(x)
     return run.finish(x, denoise, n_steps_each=n_steps_each, step_lr=step_lr)
-
-
-def _em_step(run: _Run, x: Tensor, i: int) -> Tensor:
-    h = run.t[i] - run.t[i + 1]
-    return x + (run.g2[i] * run.score(x, i) - run.a[i] * x) * h + math.sqrt(run.g2[i] * h) * run.noise(x)
 
 
 _PREDICTORS = {

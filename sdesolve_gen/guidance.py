@@ -36,7 +36,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-from ._checks import check_batch, check_tensor
+from ._checks import as_time64, check_batch, check_tensor
 from .analytic import GaussianMixture
 from .correctors import _em_step, langevin_step
 from .reverse import ScoreFn
@@ -200,10 +200,6 @@ def _check_oracle_args(data: object, sde: object) -> None:
         raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
 
 
-def _as_time(t: object) -> Tensor:
-    return t.to(torch.float64) if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)  # type: ignore[arg-type]
-
-
 def analytic_classifier(data: GaussianMixture, sde: LinearSDE) -> LogProbYFn:
     r"""The exact noise-conditional classifier of a mixture's component label.
 
@@ -223,7 +219,7 @@ def analytic_classifier(data: GaussianMixture, sde: LinearSDE) -> LogProbYFn:
 
     def log_prob_y(x: Tensor, t: Tensor, y: Label) -> Tensor:
         yt = _label_for_batch(_check_label(y, K), x.shape[0]).to(x.device)
-        log_r = data.log_responsibilities(x, _as_time(t).clamp(0.0, sde.T), sde)  # (B, K)
+        log_r = data.log_responsibilities(x, as_time64(t).clamp(0.0, sde.T), sde)  # (B, K)
         if yt.dim() == 0:
             return log_r[:, yt]
         return log_r.gather(1, yt[:, None])[:, 0]

@@ -37,14 +37,15 @@ from .sde import LinearSDE
 
 Tensor = torch.Tensor
 
-__all__ = ["timesteps", "sdeint", "odeint", "GridBrownian", "t_of_lambda"]
+__all__ = ["timesteps", "sdeint", "odeint", "GridBrownian", "t_of_lambda", "ADAPTIVE_ODE_METHODS"]
 
 #: torchsde methods that only ask the Brownian object for plain increments W(tb) - W(ta).
 _INCREMENT_ONLY = {"euler", "milstein", "heun", "midpoint", "reversible_heun", "euler_heun"}
 _SDE_METHODS = _INCREMENT_ONLY | {"srk", "log_ode"}
 _STRATONOVICH_ONLY = {"heun", "midpoint", "reversible_heun", "euler_heun", "log_ode"}
 _ODE_FIXED = {"euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun3"}
-_ODE_ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver"}
+#: torchdiffeq methods with adaptive step-size control (they accept rtol/atol and step_t).
+ADAPTIVE_ODE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver"})
 
 
 # ---------------------------------------------------------------------------------- time grids
@@ -514,10 +515,10 @@ def odeint(
     d = ts[1:] - ts[:-1]
     if not (bool((d > 0).all()) or bool((d < 0).all())):
         raise ValueError("ts must be strictly monotone (increasing or decreasing)")
-    if not isinstance(method, str) or method not in _ODE_FIXED | _ODE_ADAPTIVE:
-        raise ValueError(f"method must be one of {sorted(_ODE_FIXED | _ODE_ADAPTIVE)}, got {method!r}")
+    if not isinstance(method, str) or method not in _ODE_FIXED | ADAPTIVE_ODE_METHODS:
+        raise ValueError(f"method must be one of {sorted(_ODE_FIXED | ADAPTIVE_ODE_METHODS)}, got {method!r}")
     opts = dict(options or {})
-    if method in _ODE_ADAPTIVE:
+    if method in ADAPTIVE_ODE_METHODS:
         check_positive("rtol", rtol)
         check_positive("atol", atol)
         unknown = set(opts) - {"step_t", "jump_t", "first_step", "max_num_steps", "safety", "ifactor", "dfactor", "dtype", "norm"}

@@ -47,6 +47,7 @@ import torchdiffeq
 from ._checks import NonFiniteError, check_batch, check_positive
 from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, draw_probes, score_divergence
+from .integrate import ADAPTIVE_ODE_METHODS
 from .sde import LinearSDE
 
 Tensor = torch.Tensor
@@ -55,7 +56,6 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 __all__ = ["LikelihoodResult", "log_likelihood", "log_likelihood_bound", "encode", "decode", "interpolate", "METHODS"]
 
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "rk4", "midpoint", "euler", "explicit_adams", "implicit_adams")
-_ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 _DIVERGENCES = ("exact", "hutchinson")
 
 
@@ -147,7 +147,7 @@ def _check_common(sde: Any, score_fn: Any, x: Any, method: str, rtol: float, ato
 
 
 def _solver_options(method: str, ts: Tensor, step_size: Optional[float]) -> dict:
-    if method in _ADAPTIVE:
+    if method in ADAPTIVE_ODE_METHODS:
         return {"step_t": ts}
     # fixed-step: default 100 steps over the interval
     h = step_size if step_size is not None else float(abs(ts[-1] - ts[0])) / 100.0

@@ -24,7 +24,7 @@ from typing import Callable, Literal, Union
 import torch
 from torch import nn
 
-from ._checks import TimeLike, check_tensor
+from ._checks import TimeLike, as_time64, check_tensor
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -130,8 +130,7 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: Tensor, t: TimeLike) -> Tensor:
         """Score :math:`s_\\theta(x, t)`, shape of ``x``; ``t`` a float, 0-d or ``(B,)`` tensor."""
-        tt = t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
-        tt = tt.to(x.device)
+        tt = as_time64(t).to(x.device)
         if tt.dim() == 0:
             tt = tt.expand(x.shape[0])
         pred = self.net(x, tt.to(x.dtype))

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ._checks import NonFiniteError, TimeLike
+from ._checks import NonFiniteError, TimeLike, as_time64
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -217,6 +217,6 @@ class ProbabilityFlowODE(_ScoreCaller):
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """Velocity :math:`dx/dt` at physical time ``t`` (0-d tensor), shape of ``x``."""
-        t64 = t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
+        t64 = as_time64(t)
         g2 = expand_to(self.sde.diffusion2(t64), x)
         return self.sde.drift(x, t64) - 0.5 * g2 * self.score(x, t64)

@@ -24,7 +24,7 @@ from typing import Any, Iterable, List, Optional, Tuple
 import torch
 
 from ._checks import check_batch, check_positive
-from .integrate import odeint, t_of_lambda
+from .integrate import ADAPTIVE_ODE_METHODS, odeint, t_of_lambda
 from .result import SolveInfo
 from .reverse import ProbabilityFlowODE, ScoreFn, _ScoreCaller
 from .sde import LinearSDE, VPSDE
@@ -150,9 +150,13 @@ def euler_maruyama(
     run = _Run("euler_maruyama", sde, score_fn, x_T, ts, generator)
     x = run.x_T
     for i in run.steps(progress):
-        h = run.t[i] - run.t[i + 1]
-        x = x + (run.g2[i] * run.score(x, i) - run.a[i] * x) * h + math.sqrt(run.g2[i] * h) * run.noise(x)
+        x = _em_step(run, x, i)
     return run.finish(x, denoise)
+
+
+def _em_step(run: _Run, x: Tensor, i: int) -> Tensor:
+    h = run.t[i] - run.t[i + 1]
+    return x + (run.g2[i] * run.score(x, i) - run.a[i] * x) * h + math.sqrt(run.g2[i] * h) * run.noise(x)
 
 
 def _transition(run: _Run, i: int) -> Tuple[float, float]:
@@ -238,7 +242,7 @@ def ode(
     ``generator`` is unused (the sampler is deterministic given ``x_T``)."""
     run = _Run("ode", sde, score_fn, x_T, ts, generator)
     func = ProbabilityFlowODE(sde, score_fn)
-    grid = torch.stack([run.tt[0], run.tt[-1]]) if method in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2") else torch.stack(run.tt)
+    grid = torch.stack([run.tt[0], run.tt[-1]]) if method in ADAPTIVE_ODE_METHODS else torch.stack(run.tt)
     xs, info = odeint(func, run.x_T, grid, method=method, rtol=rtol, atol=atol, return_info=True, progress=progress)
     run.caller.nfe = func.nfe
     x, out = run.finish(xs[-1], denoise, rtol=rtol, atol=atol, solver=method)

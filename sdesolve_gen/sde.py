@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import TimeLike, check_batch, check_positive
+from ._checks import TimeLike, as_time64, check_batch, check_positive
 
 Tensor = torch.Tensor
 
@@ -280,13 +280,11 @@ class LinearSDE:
 
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
         r"""Forward drift :math:`f(x, t) = (\log\alpha)'(t)\,x` for ``x`` of shape ``(B, *shape)``."""
-        tt = t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
-        return expand_to(self.drift_coef(tt.to(torch.float64)), x) * x
+        return expand_to(self.drift_coef(as_time64(t)), x) * x
 
     def diffusion(self, t: TimeLike) -> Tensor:
         r"""Diffusion coefficient :math:`g(t)` (float64, same shape as ``t``; no range check)."""
-        tt = t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
-        return torch.sqrt(self.diffusion2(tt.to(torch.float64)))
+        return torch.sqrt(self.diffusion2(as_time64(t)))
 
     # ------------------------------------------------------------------ torchsde interface
 
