@@ -55,7 +55,7 @@ def run(*, quick: bool, repeats: int, log=print) -> Dict[str, Any]:
         dt = float(us[1] - us[0])
         cands = {
             "bare loop": lambda: _bare(sde, score, x_T, ts, 0),
-            "ours sdeint(euler)": lambda: sdeint(rsde, x_T, ts[[0, -1]], dt=(sde.T - sde.eps) / steps, seed=0)[-1],
+            "ours sdeint(euler)": lambda: sdeint(rsde, x_T, ts[[0, -1]], dt=(sde.T - sde.eps) / steps, seed=0, save="final").x,
             "torchsde.sdeint(euler)": lambda: torchsde.sdeint(rsde, x_T, us[[0, -1]].to(torch.float32), method="euler", dt=dt)[-1],
         }
         res = {}

@@ -40,8 +40,8 @@ def run(*, quick: bool, repeats: int, log=print) -> Dict[str, Any]:
         ref = exact_flow(data, sde, x_T)
         ts = torch.tensor([sde.T, sde.eps], dtype=torch.float64)
         for tol in (1e-3, 1e-5):
-            t, (x, info) = median_time(lambda: samplers.ode(sde, score, x_T, ts, rtol=tol, atol=tol), repeats)
-            err = float(((x - ref) ** 2).mean().sqrt())
-            rows.append(dict(sde=name, dim=dim, batch=B, tol=tol, nfe=int(info.nfe), rms_err=err, time=t))
+            t, sol = median_time(lambda: samplers.ode(sde, score, x_T, ts, rtol=tol, atol=tol), repeats)
+            err = float(((sol.x - ref) ** 2).mean().sqrt())
+            rows.append(dict(sde=name, dim=dim, batch=B, tol=tol, nfe=int(sol.nfe), rms_err=err, time=t))
         log(f"  pf_ode_nfe {name}: done")
     return {"rows": rows, "skipped": []}

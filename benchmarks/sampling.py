@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from sdesolve_gen import samplers
+from sdesolve_gen.samplers import SAMPLERS
 from sdesolve_gen.integrate import timesteps
 from sdesolve_gen.sde import VESDE, VPSDE
 
@@ -22,26 +22,31 @@ from .peers import K_DIFFUSION_HINT, KDenoiser, load_k_sampling
 from .problems import gmm
 
 
+#: Our samplers in the comparison, by registry name, with the grid each runs on.
+OURS = (
+    ("euler_maruyama", "edm"),
+    ("ancestral", "edm"),
+    ("heun", "edm"),
+    ("dpm_solver1", "logsnr"),
+    ("dpm_solver2", "logsnr"),
+    ("dpm_solver3", "logsnr"),
+    ("dpm_solver_pp_2m", "logsnr"),
+)
+
+
 def _ours(sde, score, x_T, nfe: int, gen_seed: int) -> Dict[str, Any]:
-    """Our samplers with step counts chosen so that NFE (incl. the final Tweedie denoise) <= nfe."""
-    runs = {
-        "ours: euler_maruyama": (samplers.euler_maruyama, nfe - 1, "edm", {}),
-        "ours: ancestral": (samplers.ancestral, nfe - 1, "edm", {}),
-        "ours: heun (EDM)": (samplers.heun, max(1, nfe // 2), "edm", {}),
-        "ours: dpm_solver-1": (samplers.dpm_solver, nfe - 1, "logsnr", {"order": 1}),
-        "ours: dpm_solver-2": (samplers.dpm_solver, max(1, (nfe - 1) // 2), "logsnr", {"order": 2}),
-        "ours: dpm_solver-3": (samplers.dpm_solver, max(1, (nfe - 1) // 3), "logsnr", {"order": 3}),
-        "ours: dpm_solver++2M": (samplers.dpm_solver_pp_2m, nfe - 1, "logsnr", {}),
-    }
+    """Our samplers with step counts from the registry so that NFE (incl. the final Tweedie denoise) <= nfe."""
     out = {}
-    for name, (fn, steps, kind, kw) in runs.items():
-        ts = timesteps(sde, steps, kind=kind)
+    for name, kind in OURS:
+        spec = SAMPLERS[name]
+        ts = timesteps(sde, spec.steps_for(nfe - 1), kind=kind)
 
-        def go(fn=fn, ts=ts, kw=kw):
+        def go(spec=spec, ts=ts):
             g = torch.Generator().manual_seed(gen_seed)
-            return fn(sde, score, x_T, ts, generator=g, denoise=True, **kw)
+            sol = spec(sde, score, x_T, ts, generator=g, denoise=True)
+            return sol.x, sol.nfe
 
-        out[name] = go
+        out[f"ours: {name}"] = go
     return out
 
 
@@ -116,8 +121,7 @@ def run(*, quick: bool, repeats: int, log=print) -> Dict[str, Any]:
                         continue  # adaptive: one run, its own NFE
                     # one untimed warm-up only when a single timed run would otherwise carry first-call costs
                     t, res = median_time(fn, repeats, warmup=1 if repeats == 1 else 0)
-                    x, info = res
-                    used = info if isinstance(info, int) else info.nfe
+                    x, used = res
                     if not bool(torch.isfinite(x).all()):
                         sw2, gap = math.inf, math.inf
                     else:

@@ -55,13 +55,15 @@ def main(argv=None) -> None:
     guided_samples = {}
     for scale in (0.0, 1.0, 2.0, 4.0):
         score = sg.classifier_guidance(data.score_fn(sde), sg.analytic_classifier(data, sde), y, scale)
-        x, _ = sg.euler_maruyama(sde, score, x_T, ts, generator=gen)
+        sol = sg.euler_maruyama(sde, score, x_T, ts, generator=gen)
+        x = sol.x
         guided_samples[scale] = x
         rate = float((bayes_label(x) == y).double().mean())
         print(f"  scale {scale:3.1f}: occupancy of y = {rate:.4f}")
 
     cfg = sg.classifier_free_guidance(sg.analytic_conditional_score(data, sde), data.score_fn(sde), y, 0.0)
-    x, _ = sg.euler_maruyama(sde, cfg, x_T, ts, generator=gen)
+    sol = sg.euler_maruyama(sde, cfg, x_T, ts, generator=gen)
+    x = sol.x
     print(f"classifier-free guidance w=0: sample mean {[round(v, 3) for v in x.mean(0).tolist()]}"
           f" vs component mean {data.means[y].tolist()}")
 
@@ -74,7 +76,8 @@ def main(argv=None) -> None:
     print(f"inpainting x_1 given x_0 = {x_k} (rho = {rho}): exact conditional mean {float(cm):.3f}, var {float(cv):.3f}")
     inpainted = {}
     for sampler in sg.guidance.INPAINT_SAMPLERS:
-        x, info = sg.inpaint(sde, gauss.score_fn(sde), x_known, mask, ts, sampler=sampler, generator=gen)
+        sol = sg.inpaint(sde, gauss.score_fn(sde), x_known, mask, ts, sampler=sampler, generator=gen)
+        x, info = sol.x, sol
         inpainted[sampler] = x
         assert torch.equal(x[:, 0], x_known[:, 0])
         print(f"  {sampler:18s} mean {float(x[:, 1].mean()):.3f}  var {float(x[:, 1].var()):.3f}  (nfe {info.nfe})")

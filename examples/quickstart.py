@@ -31,13 +31,13 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     x_T = sde.prior_sample((n, 2), generator=g, dtype=torch.float64)  # standard prior N(0, I)
     ts = sg.timesteps(sde, n=steps)  # float64, T -> eps
-    xs = sg.sdeint(sg.ReverseSDE(sde, score), x_T, ts, method="euler", generator=g)
+    sol = sg.sdeint(sg.ReverseSDE(sde, score), x_T, ts, method="euler", generator=g)  # sol.ys: the whole path
     ode = sg.ProbabilityFlowODE(sde, score)
-    x0 = sg.odeint(ode, x_T, ts[[0, -1]], method="dopri5", rtol=1e-5, atol=1e-5)[-1]
+    x0 = sg.odeint(ode, x_T, ts[[0, -1]], method="dopri5", rtol=1e-5, atol=1e-5).x
 
     ok = True
     print(f"true mean            {data.mean.tolist()}")
-    for name, x in (("reverse SDE (EM)", xs[-1]), ("PF-ODE (dopri5)", x0)):
+    for name, x in (("reverse SDE (EM)", sol.x), ("PF-ODE (dopri5)", x0)):
         err = float((x.mean(0) - data.mean).abs().max())
         ok &= err < tol
         print(f"{name:<20} {[round(v, 4) for v in x.mean(0).tolist()]}   max |error| {err:.4f}")

@@ -71,10 +71,12 @@ def main(argv=None) -> int:
     for name, per_step, kind, call in FIXED:
         for b in budgets:
             steps = max(1, b // per_step)
-            x, info = call(sde, score, x_T, sg.timesteps(sde, steps, kind=kind), g)
+            sol = call(sde, score, x_T, sg.timesteps(sde, steps, kind=kind), g)
+            x, info = sol.x, sol
             rows.append((name, info.nfe, *score_row(x)))
     for name, tol, call in adaptive:
-        x, info = call(sde, score, x_T, sg.timesteps(sde, 1), g, tol)
+        sol = call(sde, score, x_T, sg.timesteps(sde, 1), g, tol)
+        x, info = sol.x, sol
         rows.append((f"{name} tol={tol:g}", info.nfe, *score_row(x)))
     rows.append(("exact (MC floor)", 0, *score_row(p_eps.sample(n, generator=g, dtype=torch.float64))))
 

@@ -67,7 +67,8 @@ def main(argv=None) -> None:
     ema = trainer.ema_model()
     with torch.no_grad():
         x_T = sde.prior_sample((64, 1, 8, 8), generator=torch.Generator().manual_seed(1))
-        x, info = sg.dpm_solver(sde, ema, x_T, sg.timesteps(sde, 25, kind="logsnr"), order=2, denoise=True)
+        sol = sg.dpm_solver(sde, ema, x_T, sg.timesteps(sde, 25, kind="logsnr"), order=2, denoise=True)
+        x, info = sol.x, sol
     try:
         from sdesolve_gen.plotting import image_grid
 

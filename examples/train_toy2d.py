@@ -53,7 +53,8 @@ def main(argv=None) -> None:
     ema = trainer.ema_model()
     with torch.no_grad():
         x_T = sde.prior_sample((args.n_eval, 2), generator=torch.Generator().manual_seed(1))
-        samples, info = sg.dpm_solver(sde, ema, x_T, sg.timesteps(sde, 20, kind="logsnr"), order=3)
+        sol = sg.dpm_solver(sde, ema, x_T, sg.timesteps(sde, 20, kind="logsnr"), order=3)
+        samples, info = sol.x, sol
     print(f"sampled {args.n_eval} points with DPM-Solver-3 ({info.nfe} NFE): "
           f"mean exact log p_0 of samples {data.log_prob(samples.double()).mean():.3f}")
 

@@ -14,11 +14,12 @@ from .nets import MLPScoreNet, UNet
 from .train import EMA, Trainer, load_checkpoint
 from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
-from .result import SolveInfo
+from .solution import Solution
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .correctors import annealed_langevin, predictor_corrector
-from .guidance import analytic_classifier, analytic_conditional_score, classifier_free_guidance, classifier_guidance, gaussian_conditional, inpaint
-from .samplers import adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, ode, reverse_diffusion
+from .analytic import analytic_classifier, analytic_conditional_score, gaussian_conditional
+from .guidance import classifier_free_guidance, classifier_guidance
+from .samplers import SAMPLERS, SamplerSpec, adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, inpaint, ode, reverse_diffusion
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
@@ -64,7 +65,9 @@ __all__ = [
     "SubVPSDE",
     "CosineVPSDE",
     "EDMSDE",
-    "SolveInfo",
+    "Solution",
+    "SAMPLERS",
+    "SamplerSpec",
     "ReverseSDE",
     "sdeint",
     "odeint",

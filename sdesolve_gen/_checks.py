@@ -6,7 +6,7 @@ Every check raises ``ValueError`` or ``TypeError`` naming the offending argument
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -65,6 +65,33 @@ def check_batch(name: str, x: object, min_dim: int = 2) -> torch.Tensor:
             f"got shape {tuple(x.shape)}"
         )
     return x
+
+
+def check_label(y: object, n_classes: Optional[int] = None) -> torch.Tensor:
+    """Return ``y`` as an int64 tensor of shape ``()`` or ``(B,)``; raise on anything else."""
+    if isinstance(y, bool):
+        raise TypeError("y must be an int or an integer tensor of labels, got bool")
+    if isinstance(y, int):
+        yt = torch.tensor(y, dtype=torch.int64)
+    elif isinstance(y, torch.Tensor):
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"y must be an integer tensor of labels, got dtype {y.dtype}")
+        if y.dim() > 1:
+            raise ValueError(f"y must be a scalar or have shape (B,), got shape {tuple(y.shape)}")
+        yt = y.to(torch.int64)
+    else:
+        raise TypeError(f"y must be an int or an integer tensor of labels, got {type(y).__name__}")
+    if yt.numel() > 0 and bool((yt < 0).any()):
+        raise ValueError(f"y must be >= 0, got min {int(yt.min())}")
+    if n_classes is not None and yt.numel() > 0 and bool((yt >= n_classes).any()):
+        raise ValueError(f"y must be in [0, {n_classes - 1}] (the data has {n_classes} components), got max {int(yt.max())}")
+    return yt
+
+
+def label_for_batch(y: torch.Tensor, batch: int) -> torch.Tensor:
+    if y.dim() == 1 and y.shape[0] != batch:
+        raise ValueError(f"y has shape ({y.shape[0]},) but x has batch size {batch}")
+    return y
 
 
 class NonFiniteError(ValueError):

@@ -32,13 +32,13 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._checks import TimeLike, as_time64, check_tensor
+from ._checks import TimeLike, as_time64, check_batch, check_label, check_tensor, label_for_batch
 from .sde import LinearSDE
 
 Tensor = torch.Tensor
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
 
-__all__ = ["GaussianMixture", "Gaussian"]
+__all__ = ["GaussianMixture", "Gaussian", "analytic_classifier", "analytic_conditional_score", "gaussian_conditional"]
 
 
 def _as_f64(name: str, value: ArrayLike) -> Tensor:
@@ -308,3 +308,112 @@ class Gaussian(GaussianMixture):
         if c.shape != (m.shape[0], m.shape[0]):
             raise ValueError(f"cov must have shape (D, D) = ({m.shape[0]}, {m.shape[0]}), got {tuple(c.shape)}")
         super().__init__(m[None], c[None], None, event_shape=event_shape)
+
+
+# ---------------------------------------------------------------------------------- conditional oracles
+
+Label = Union[int, Tensor]
+LogProbYFn = Callable[[Tensor, Tensor, Label], Tensor]
+CondScoreFn = Callable[[Tensor, Tensor, Label], Tensor]
+
+
+def _check_oracle_args(data: object, sde: object) -> None:
+    if not isinstance(data, GaussianMixture):
+        raise TypeError(f"data must be an analytic GaussianMixture, got {type(data).__name__}")
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
+
+
+def analytic_classifier(data: GaussianMixture, sde: LinearSDE) -> LogProbYFn:
+    r"""The exact noise-conditional classifier of a mixture's component label.
+
+    .. math::
+
+        \log p_t(y{=}k \mid x) = \log\frac{w_k\,\mathcal N(x;\alpha_t\mu_k, \alpha_t^2\Sigma_k + \sigma_t^2 I)}
+        {\sum_j w_j\,\mathcal N(x;\alpha_t\mu_j, \alpha_t^2\Sigma_j + \sigma_t^2 I)},
+
+    i.e. ``data.log_responsibilities(x, t, sde)[:, k]``.
+
+    Returns:
+        ``log_prob_y_fn(x, t, y) -> (B,)``, differentiable in ``x``; ``y`` an int or ``(B,)``
+        integer tensor in ``[0, K)``.
+    """
+    _check_oracle_args(data, sde)
+    K = data.n_components
+
+    def log_prob_y(x: Tensor, t: Tensor, y: Label) -> Tensor:
+        yt = label_for_batch(check_label(y, K), x.shape[0]).to(x.device)
+        log_r = data.log_responsibilities(x, as_time64(t).clamp(0.0, sde.T), sde)  # (B, K)
+        if yt.dim() == 0:
+            return log_r[:, yt]
+        return log_r.gather(1, yt[:, None])[:, 0]
+
+    return log_prob_y
+
+
+def analytic_conditional_score(data: GaussianMixture, sde: LinearSDE) -> CondScoreFn:
+    r"""The exact conditional score of a mixture given its component label.
+
+    Component :math:`k` alone is the Gaussian :math:`\mathcal N(\mu_k, \Sigma_k)`, so
+    :math:`\nabla_x\log p_t(x\mid y{=}k) = -(\alpha_t^2\Sigma_k + \sigma_t^2 I)^{-1}(x - \alpha_t\mu_k)`,
+    computed by a one-component :class:`~sdesolve_gen.analytic.GaussianMixture`.
+
+    Returns:
+        ``cond_score_fn(x, t, y) -> (B, *event_shape)`` with ``y`` an int or ``(B,)`` integer tensor.
+    """
+    _check_oracle_args(data, sde)
+    K = data.n_components
+    parts = [
+        GaussianMixture(data.means[k : k + 1], data.covs[k : k + 1], event_shape=data.event_shape).score_fn(sde)
+        for k in range(K)
+    ]
+
+    def cond_score(x: Tensor, t: Tensor, y: Label) -> Tensor:
+        yt = label_for_batch(check_label(y, K), x.shape[0])
+        if yt.dim() == 0:
+            return parts[int(yt)](x, t)
+        out = torch.zeros_like(x)
+        for k in torch.unique(yt).tolist():
+            sel = (yt == k).to(x.device)
+            tk = t[sel.cpu()] if isinstance(t, Tensor) and t.dim() == 1 and t.shape[0] == x.shape[0] else t
+            out = out.index_put((sel.nonzero()[:, 0],), parts[k](x[sel], tk))
+        return out
+
+    return cond_score
+
+
+def gaussian_conditional(mean: Tensor, cov: Tensor, mask: Tensor, x_known: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""Exact conditional of a Gaussian :math:`\mathcal N(\mu, \Sigma)` given the known coordinates.
+
+    With known block :math:`k` and unknown block :math:`u`,
+
+    .. math::
+
+        x_u \mid x_k \sim \mathcal N\big(\mu_u + \Sigma_{uk}\Sigma_{kk}^{-1}(x_k - \mu_k),\
+        \Sigma_{uu} - \Sigma_{uk}\Sigma_{kk}^{-1}\Sigma_{ku}\big).
+
+    Args:
+        mean: ``(D,)``.
+        cov: ``(D, D)``.
+        mask: ``(D,)`` bool, True where known.
+        x_known: ``(B, D)`` (unknown entries ignored).
+
+    Returns:
+        ``(cond_mean (B, D_u), cond_cov (D_u, D_u))`` in float64, over the unknown coordinates in order.
+    """
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    D = mean.shape[0]
+    mask = torch.as_tensor(mask).to(torch.bool).reshape(-1)
+    if mask.shape != (D,):
+        raise ValueError(f"mask must have shape (D,) = ({D},), got {tuple(mask.shape)}")
+    if cov.shape != (D, D):
+        raise ValueError(f"cov must have shape (D, D) = ({D}, {D}), got {tuple(cov.shape)}")
+    x_known = check_batch("x_known", x_known).reshape(x_known.shape[0], -1).to(torch.float64)
+    if x_known.shape[1] != D:
+        raise ValueError(f"x_known must have D={D} coordinates per sample, got {x_known.shape[1]}")
+    k, u = mask, ~mask
+    S_kk, S_uk, S_uu = cov[k][:, k], cov[u][:, k], cov[u][:, u]
+    gain = torch.linalg.solve(S_kk, S_uk.T).T  # (D_u, D_k) = S_uk S_kk^{-1}
+    cond_mean = mean[u] + (x_known[:, k] - mean[k]) @ gain.T
+    return cond_mean, S_uu - gain @ S_uk.T

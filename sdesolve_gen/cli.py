@@ -25,23 +25,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["main", "build_parser", "SAMPLERS"]
-
-#: Sampler names accepted by ``sample --sampler`` (see :mod:`sdesolve_gen.samplers`).
-SAMPLERS = (
-    "euler_maruyama",
-    "reverse_diffusion",
-    "ancestral",
-    "pc",
-    "ode",
-    "heun",
-    "dpm_solver-1",
-    "dpm_solver-2",
-    "dpm_solver-3",
-    "dpm_solver_pp_2m",
-    "adaptive_sde",
-)
-
+__all__ = ["main", "build_parser"]
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
@@ -276,23 +260,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run_sampler(name: str, sde: Any, score: Any, x_T: Any, steps: int, g: Any, progress: bool) -> Any:
-    import sdesolve_gen as sg
+    from .samplers import SAMPLERS
 
-    kind = "logsnr" if name.startswith("dpm") else "edm" if name == "heun" else "uniform"
-    ts = sg.timesteps(sde, steps, kind=kind)
-    if name in ("euler_maruyama", "reverse_diffusion", "ancestral"):
-        return getattr(sg, name)(sde, score, x_T, ts, generator=g, progress=progress)
-    if name == "pc":
-        return sg.predictor_corrector(sde, score, x_T, ts, generator=g, progress=progress)
-    if name == "ode":
-        return sg.ode(sde, score, x_T, ts, rtol=1e-5, atol=1e-5)
-    if name == "heun":
-        return sg.heun(sde, score, x_T, ts, progress=progress)
-    if name.startswith("dpm_solver-"):
-        return sg.dpm_solver(sde, score, x_T, ts, order=int(name[-1]), progress=progress)
-    if name == "dpm_solver_pp_2m":
-        return sg.dpm_solver_pp_2m(sde, score, x_T, ts, progress=progress)
-    return sg.adaptive_sde(sde, score, x_T, ts, generator=g)
+    spec = SAMPLERS[name]
+    kwargs: Dict[str, Any] = {"generator": g}
+    if not spec.adaptive:
+        kwargs["progress"] = progress
+    if spec.name == "ode":
+        kwargs.update(rtol=1e-5, atol=1e-5)
+    return spec(sde, score, x_T, spec.timesteps(sde, steps), **kwargs)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -308,7 +284,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     x_T = sde.prior_sample((args.n, *m["shape"]), generator=g, dtype=torch.float32)
     with torch.no_grad():
-        x, info = _run_sampler(args.sampler, sde, model, x_T, args.steps, g, args.progress)
+        info = _run_sampler(args.sampler, sde, model, x_T, args.steps, g, args.progress)
+        x = info.x
     print(f"{info.method}: {args.n} samples from {m['cfg']['data']} (checkpoint step {m['step']}, {args.weights} weights), "
           f"NFE {info.nfe}, wall {info.wall_time:.2f} s")
     if m["target"] is not None:
@@ -382,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``sdesolve-gen`` argument parser (one subparser per command)."""
     p = _Parser(prog="sdesolve-gen", description="Score-based generative modelling on torchsde / torchdiffeq.")
     from . import __version__
+    from .samplers import SAMPLERS
 
     p.add_argument("--version", action="version", version=f"sdesolve-gen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -427,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample from a trained checkpoint",
                        description="Draw samples from a checkpoint written by `sdesolve-gen train`.")
     s.add_argument("checkpoint", help="checkpoint directory (or file inside it) written by `sdesolve-gen train`")
-    s.add_argument("--sampler", default="euler_maruyama", choices=SAMPLERS, metavar="NAME",
-                   help="one of: " + ", ".join(SAMPLERS) + " (default: euler_maruyama)")
+    s.add_argument("--sampler", default="euler_maruyama", choices=list(SAMPLERS), metavar="NAME",
+                   help="one of: " + ", ".join(SAMPLERS) + " (default: euler_maruyama; see docs' sampler table)")
     s.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=1000, help="number of samples (default: 1000)")
     s.add_argument("--steps", type=_positive_int, default=500, help="grid steps (default: 500; ignored by ode/adaptive_sde)")
     s.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")

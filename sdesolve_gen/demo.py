@@ -183,10 +183,10 @@ def run_demo(
     Samplers (all from the same exact-prior draw :math:`x_T`, shape ``(n, 2)``):
 
     * ``euler_maruyama``: reverse-SDE Euler-Maruyama, ``em_steps`` uniform steps;
-    * ``pc[rd+langevin]``: reverse-diffusion predictor + 1 Langevin corrector (snr 0.16),
+    * ``predictor_corrector``: reverse-diffusion predictor + 1 Langevin corrector (snr 0.16),
       ``pc_steps`` uniform steps (2 evaluations a step);
-    * ``ode[dopri5]``: adaptive PF-ODE, ``rtol``/``atol``;
-    * ``dpm_solver-3``: singlestep DPM-Solver-3, ``dpm_steps`` steps uniform in log-SNR.
+    * ``ode``: adaptive PF-ODE (dopri5), ``rtol``/``atol``;
+    * ``dpm_solver3``: singlestep DPM-Solver-3, ``dpm_steps`` steps uniform in log-SNR.
 
     Args:
         out: PNG path for the figure, or ``None`` for no figure.
@@ -235,18 +235,18 @@ def run_demo(
 
     runs = [
         ("euler_maruyama", lambda: euler_maruyama(sde, score, x_T, timesteps(sde, em_steps), generator=g, progress=progress)),
-        ("pc[rd+langevin]", lambda: predictor_corrector(sde, score, x_T, timesteps(sde, pc_steps), generator=g,
+        ("predictor_corrector", lambda: predictor_corrector(sde, score, x_T, timesteps(sde, pc_steps), generator=g,
                                                         progress=progress, snr=0.16)),
-        ("ode[dopri5]", lambda: ode(sde, score, x_T, timesteps(sde, 1), rtol=rtol, atol=atol)),
-        ("dpm_solver-3", lambda: dpm_solver(sde, score, x_T, timesteps(sde, dpm_steps, kind="logsnr"), order=3,
+        ("ode", lambda: ode(sde, score, x_T, timesteps(sde, 1), rtol=rtol, atol=atol)),
+        ("dpm_solver3", lambda: dpm_solver(sde, score, x_T, timesteps(sde, dpm_steps, kind="logsnr"), order=3,
                                             progress=progress)),
     ]
     rows = []
     for name, fn in runs:
         say(f"sampling: {name}")
-        x, info = fn()
-        sw, dl, se = errors(x)
-        rows.append(SamplerRow(name, info.nfe, info.wall_time, sw, dl, se, x))
+        sol = fn()
+        sw, dl, se = errors(sol.x)
+        rows.append(SamplerRow(name, sol.nfe, sol.wall_time, sw, dl, se, sol.x))
     sw, dl, se = errors(reference)
     floor = torch.tensor([sw] + [errors(p_eps.sample(n, generator=g, dtype=torch.float64))[0] for _ in range(n_floor - 1)])
     rows.append(SamplerRow("exact (reference)", 0, 0.0, float(floor.mean()), dl, se, reference, float(floor.std())))
@@ -259,8 +259,8 @@ def run_demo(
     say("trajectories: reverse SDE and PF-ODE")
     traj_ts = timesteps(sde, 200)
     x_p = x_T[:n_paths]
-    sde_paths = sdeint(ReverseSDE(sde, score), x_p, traj_ts, method="euler", generator=g)
-    ode_paths = odeint(ProbabilityFlowODE(sde, score), x_p, traj_ts, method="dopri5", rtol=rtol, atol=atol)
+    sde_paths = sdeint(ReverseSDE(sde, score), x_p, traj_ts, method="euler", generator=g).ys
+    ode_paths = odeint(ProbabilityFlowODE(sde, score), x_p, traj_ts, method="dopri5", rtol=rtol, atol=atol).ys
 
     result = DemoResult(
         rows=rows, likelihood=lik, sde=sde, data=data, reference=reference, traj_ts=traj_ts,

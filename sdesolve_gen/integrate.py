@@ -14,38 +14,33 @@ What the wrappers add to the raw libraries (DESIGN.md section 2 and 4):
 * ``odeint`` never evaluates the vector field outside ``[min(ts), max(ts)]``: adaptive
   torchdiffeq solvers otherwise step past the final time and interpolate back, and a VP
   schedule is NaN at t < 0;
-* function-evaluation counts in a :class:`~sdesolve_gen.result.SolveInfo`, and a tqdm bar.
+* one result, a :class:`~sdesolve_gen.solution.Solution` with evaluation and step counts, and a
+  tqdm bar.
 """
 
 from __future__ import annotations
 
 import math
 import time as _time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torchdiffeq
 import torchsde
-from torchsde._brownian import BaseBrownian
-from torchsde._core import methods as _sde_methods
-from torchsde._core.base_sde import ForwardSDE as _TorchsdeWrapped
 
+from . import _torchsde_contract as _contract
 from ._checks import check_batch, check_positive
-from .result import SolveInfo
-from .reverse import ReverseSDE
 from .sde import LinearSDE
+from .solution import Solution
 
 Tensor = torch.Tensor
 
-__all__ = ["timesteps", "sdeint", "odeint", "GridBrownian", "t_of_lambda", "ADAPTIVE_ODE_METHODS"]
+__all__ = ["timesteps", "sdeint", "odeint", "GridBrownian", "t_of_lambda", "ADAPTIVE_ODE_METHODS", "FIXED_ODE_METHODS"]
 
 #: torchsde methods that only ask the Brownian object for plain increments W(tb) - W(ta).
 _INCREMENT_ONLY = {"euler", "milstein", "heun", "midpoint", "reversible_heun", "euler_heun"}
 _SDE_METHODS = _INCREMENT_ONLY | {"srk", "log_ode"}
 _STRATONOVICH_ONLY = {"heun", "midpoint", "reversible_heun", "euler_heun", "log_ode"}
-_ODE_FIXED = {"euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun3"}
-#: torchdiffeq methods with adaptive step-size control (they accept rtol/atol and step_t).
-ADAPTIVE_ODE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver"})
 
 
 # ---------------------------------------------------------------------------------- time grids
@@ -150,7 +145,7 @@ def timesteps(
 # ---------------------------------------------------------------------------------- Brownian path
 
 
-class GridBrownian(BaseBrownian):
+class GridBrownian(torchsde.BaseBrownian):
     r"""A Brownian path sampled on a known time grid: one Gaussian draw per step.
 
     ``W(t_{j+1}) - W(t_j) = \sqrt{t_{j+1} - t_j}\,z_j`` with :math:`z_j \sim \mathcal N(0, I)` drawn
@@ -250,7 +245,7 @@ def _check_grid(name: str, ts: Any) -> Tensor:
             raise TypeError(f"{name} must be a 1-D tensor of times") from None
     if ts.dim() != 1 or ts.numel() < 2:
         raise ValueError(f"{name} must be a 1-D tensor with at least 2 times, got shape {tuple(ts.shape)}")
-    ts = ts.to(torch.float64)
+    ts = ts.detach().to(torch.float64)
     if not bool(torch.isfinite(ts).all()):
         raise ValueError(f"{name} must be finite")
     return ts
@@ -271,7 +266,7 @@ def _seed_from(generator: Optional[torch.Generator], seed: Optional[int]) -> Tup
     return torch.Generator().manual_seed(s), s
 
 
-def _step_grid(us: Tensor, dt: Optional[float]) -> Tuple[Tensor, list]:
+def _step_grid(us: Tensor, dt: Optional[float]) -> Tuple[Tensor, List[int]]:
     """Full increasing step grid containing every output time exactly, and output indices."""
     if dt is None:
         return us, list(range(us.numel()))
@@ -286,6 +281,50 @@ def _step_grid(us: Tensor, dt: Optional[float]) -> Tuple[Tensor, list]:
     return torch.cat(pieces), out_idx
 
 
+def _save_indices(save: Any, n_out: int) -> List[int]:
+    """Indices into the output times to keep: ``"all"``, ``"final"`` or a sequence of indices."""
+    if isinstance(save, str):
+        if save == "all":
+            return list(range(n_out))
+        if save == "final":
+            return [n_out - 1]
+        raise ValueError(f"save must be 'all', 'final' or a sequence of indices into ts, got {save!r}")
+    try:
+        idx = [int(i) for i in save]
+    except TypeError:
+        raise TypeError(f"save must be 'all', 'final' or a sequence of indices into ts, got {type(save).__name__}") from None
+    if not idx or any(isinstance(i, bool) for i in save):
+        raise ValueError("save must hold at least one integer index into ts")
+    idx = [i % n_out if -n_out <= i < n_out else -1 for i in idx]
+    if min(idx) < 0 or sorted(set(idx)) != idx:
+        raise ValueError(f"save must be strictly increasing indices in [-{n_out}, {n_out}), got {list(save)}")
+    return idx
+
+
+class _FlatSDE:
+    """View a diagonal-noise SDE on ``(B, *shape)`` states as one on ``(B, D)`` states (torchsde's contract)."""
+
+    def __init__(self, sde: Any, shape: Tuple[int, ...]) -> None:
+        self.sde, self.shape = sde, shape
+        self.sde_type, self.noise_type = sde.sde_type, sde.noise_type
+
+    def _x(self, y: Tensor) -> Tensor:
+        return y.reshape(y.shape[0], *self.shape)
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sde.f(t, self._x(y)).reshape(y.shape)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sde.g(t, self._x(y)).reshape(y.shape)
+
+    def g_prod(self, t: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        return self.sde.g_prod(t, self._x(y), self._x(v)).reshape(y.shape)
+
+    def f_and_g_prod(self, t: Tensor, y: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        f, gv = self.sde.f_and_g_prod(t, self._x(y), self._x(v))
+        return f.reshape(y.shape), gv.reshape(y.shape)
+
+
 def sdeint(
     sde: Any,
     x0: Tensor,
@@ -298,20 +337,22 @@ def sdeint(
     atol: float = 1e-3,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
-    bm: Optional[BaseBrownian] = None,
+    bm: Optional[torchsde.BaseBrownian] = None,
+    save: Any = "all",
+    callback: Optional[Callable[[Dict[str, Any]], None]] = None,
     progress: bool = False,
-    return_info: bool = False,
     **options: Any,
-) -> Union[Tensor, Tuple[Tensor, SolveInfo]]:
+) -> Solution:
     r"""Solve an SDE with torchsde, on physical time, for states of any shape.
 
     Args:
-        sde: a :class:`~sdesolve_gen.ReverseSDE` (``ts`` decreasing physical time, T -> eps), a
-            forward :class:`~sdesolve_gen.sde.LinearSDE` (``ts`` increasing), or any torchsde SDE
-            (``ts`` increasing solver time, used as is).
+        sde: a reverse-time SDE such as :class:`~sdesolve_gen.ReverseSDE` (anything with a
+            ``solver_times(ts)`` method; ``ts`` decreasing physical time, T -> eps), a forward
+            :class:`~sdesolve_gen.sde.LinearSDE` (``ts`` increasing), or any torchsde SDE (``ts``
+            increasing solver time, used as is).
         x0: initial state at ``ts[0]``, shape ``(B, *shape)``.
         ts: output times, 1-D, strictly monotone in the direction the equation runs.
-        method: any torchsde method valid for the SDE: ``"euler"`` (default; Euler-Maruyama),
+        method: a torchsde method valid for the SDE: ``"euler"`` (default; Euler-Maruyama),
             ``"milstein"``, ``"srk"``; with ``ReverseSDE(..., sde_type="stratonovich")`` also
             ``"heun"``, ``"midpoint"``, ``"reversible_heun"``.
         dt: step size. ``None`` (default) takes exactly one step per interval of ``ts``;
@@ -321,13 +362,18 @@ def sdeint(
         adaptive: use torchsde's adaptive stepping (``rtol``, ``atol``; torchsde's
             ``BrownianInterval``).
         generator, seed: randomness of the Brownian path (one of them; same value, same path).
-        bm: a torchsde Brownian object of shape ``(B, d)`` over the solver-time span, instead.
+        bm: a torchsde Brownian object of shape ``(B, D)`` over the solver-time span, instead.
+        save: which output times to keep in ``ys``: ``"all"`` (default), ``"final"``, or a
+            sequence of indices into ``ts``; the others are never stored.
+        callback: called after every fixed step as ``callback({"i", "t", "x"})`` with the step
+            index, its end time (physical time for a reverse SDE) and the state ``(B, *shape)``.
         progress: show a tqdm bar over steps.
-        return_info: also return a :class:`~sdesolve_gen.result.SolveInfo`.
         **options: extra torchsde solver options (e.g. ``milstein``'s ``grad_free=True``).
 
     Returns:
-        ``xs`` of shape ``(len(ts), B, *shape)`` with ``xs[0] == x0``; and the info if asked.
+        :class:`~sdesolve_gen.Solution` with ``ys`` of shape ``(len(saved), B, *shape)``,
+        ``ts`` the saved times (the input's time axis), ``x`` the state at ``ts[-1]`` and the
+        number of drift evaluations (``nfe``, when the SDE counts them) and steps.
 
     Raises:
         TypeError, ValueError: on bad arguments (named in the message).
@@ -342,8 +388,13 @@ def sdeint(
     if adaptive:
         check_positive("rtol", rtol)
         check_positive("atol", atol)
+        if callback is not None:
+            raise ValueError("callback is only supported for fixed-step solves (adaptive=False)")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(info_dict), got {type(callback).__name__}")
     if bm is not None and (generator is not None or seed is not None):
         raise ValueError("pass bm, or generator/seed, not both")
+    keep = _save_indices(save, ts.numel())
     sde_type = getattr(sde, "sde_type", None)
     if method in _STRATONOVICH_ONLY and sde_type != "stratonovich":
         raise ValueError(
@@ -352,48 +403,49 @@ def sdeint(
         )
 
     # ---- map to increasing solver time
-    restore_shape = None
-    if isinstance(sde, ReverseSDE):
-        if not bool((ts[1:] < ts[:-1]).all()):
-            raise ValueError("ts must be strictly decreasing for a ReverseSDE (physical time runs T -> eps)")
-        if float(ts.max()) > sde.sde.T * (1 + 1e-12) or float(ts.min()) < 0:
-            raise ValueError(f"ts must lie in [0, T] = [0, {sde.sde.T}], got [{float(ts.min())}, {float(ts.max())}]")
+    to_physical: Callable[[Tensor], Tensor] = lambda u: u  # noqa: E731
+    if callable(getattr(sde, "solver_times", None)):
         us = sde.solver_times(ts)
-        if x0.dim() > 2:
-            restore_shape = sde.data_shape
-            sde.data_shape = tuple(x0.shape[1:])
+        to_physical = sde.physical_time
     else:
         if not bool((ts[1:] > ts[:-1]).all()):
             raise ValueError("ts must be strictly increasing for a forward SDE")
         if isinstance(sde, LinearSDE) and (float(ts.min()) < 0 or float(ts.max()) > sde.T * (1 + 1e-12)):
             raise ValueError(f"ts must lie in [0, T] = [0, {sde.T}], got [{float(ts.min())}, {float(ts.max())}]")
         us = ts
+    shape = tuple(x0.shape[1:])
+    if len(shape) > 1 and getattr(sde, "noise_type", None) != "diagonal":
+        raise ValueError(f"states of shape (B, *shape) with more than one data dimension need a diagonal-noise SDE, got noise_type={getattr(sde, 'noise_type', None)!r}")
     y0 = x0.reshape(x0.shape[0], -1)
-    nfe0 = getattr(sde, "nfe", 0)
     start = _time.perf_counter()
-    try:
-        if adaptive:
-            ys, n_steps = _sdeint_adaptive(sde, y0, us, method, dt, rtol, atol, generator, seed, bm, options)
-        else:
-            ys, n_steps = _sdeint_fixed(sde, y0, us, method, dt, generator, seed, bm, progress, options)
-    finally:
-        if isinstance(sde, ReverseSDE) and x0.dim() > 2:
-            sde.data_shape = restore_shape
+    if adaptive:
+        solver_sde = sde if len(shape) == 1 else _FlatSDE(sde, shape)
+        nfe0 = getattr(sde, "nfe", 0)
+        ys, (n_steps, n_rejected) = _sdeint_adaptive(solver_sde, y0, us, method, dt, rtol, atol, generator, seed, bm, options)
+        nfe = getattr(sde, "nfe", 0) - nfe0
+        ys = ys[keep]
+    else:
+        grid, out_idx = _step_grid(us, dt)
+        on_grid = getattr(sde, "on_grid", None)
+        run_sde = on_grid(grid) if callable(on_grid) else sde
+        solver_sde = run_sde if len(shape) == 1 else _FlatSDE(run_sde, shape)
+        nfe0 = getattr(run_sde, "nfe", 0)
+        ys = _sdeint_fixed(solver_sde, y0, grid, [out_idx[k] for k in keep], method, generator, seed, bm, progress,
+                           options, callback, to_physical, shape)
+        n_steps, n_rejected = grid.numel() - 1, 0
+        nfe = getattr(run_sde, "nfe", 0) - nfe0
+        if run_sde is not sde and hasattr(sde, "nfe"):
+            sde.nfe += nfe
     xs = ys.reshape(ys.shape[0], *x0.shape)
-    if not return_info:
-        return xs
-    info = SolveInfo(
+    return Solution(
+        x=xs[-1], ts=ts[keep], ys=xs,
         method=f"torchsde.{method}" + ("+adaptive" if adaptive else ""),
-        nfe=getattr(sde, "nfe", 0) - nfe0,
-        n_steps=n_steps,
-        wall_time=_time.perf_counter() - start,
+        nfe=nfe, n_steps=n_steps, n_rejected=n_rejected, wall_time=_time.perf_counter() - start,
         extra={"dt": dt, "adaptive": adaptive},
     )
-    return xs, info
 
 
-def _sdeint_fixed(sde, y0, us, method, dt, generator, seed, bm, progress, options):
-    grid, out_idx = _step_grid(us, dt)
+def _sdeint_fixed(sde, y0, grid, out_idx, method, generator, seed, bm, progress, options, callback, to_physical, shape):
     if bm is None:
         if method in _INCREMENT_ONLY:
             gen, _ = _seed_from(generator, seed)
@@ -406,34 +458,25 @@ def _sdeint_fixed(sde, y0, us, method, dt, generator, seed, bm, progress, option
             )
     if tuple(bm.shape) != tuple(y0.shape):
         raise ValueError(f"bm must have shape {tuple(y0.shape)} (batch, state size), got {tuple(bm.shape)}")
-    # torchsde's own solver classes, stepped over our exact grid. (torchsde.sdeint's contract
-    # check would evaluate f and g three extra times at ts[0]; shapes are checked by the score.)
-    wrapped = _TorchsdeWrapped(sde)
-    solver = _sde_methods.select(method=method, sde_type=wrapped.sde_type)(
-        sde=wrapped, bm=bm, dt=float(grid[1] - grid[0]), adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0,
-        options=dict(options or {}),
-    )
-    y0c = y0
+    # torchsde's own solver classes, stepped over our exact grid (see _torchsde_contract; torchsde.sdeint's
+    # contract check would also evaluate f and g three extra times at ts[0]).
+    step, init_extra = _contract.stepper(sde, method, bm, float(grid[1] - grid[0]), options or {})
     times = [grid[j] for j in range(grid.numel())]  # 0-d float64 tensors, exact grid values
-    extra = solver.init_extra_solver_state(times[0], y0c)
-    ys, y = [y0c], y0c
+    extra = init_extra(times[0], y0)
     outputs = set(out_idx)
-    if isinstance(sde, ReverseSDE):
-        sde.precompute(grid)
-    steps = range(grid.numel() - 1)
+    ys, y = ([y0] if 0 in outputs else []), y0
+    steps: Iterable[int] = range(grid.numel() - 1)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"sdeint[{method}]", leave=False)
-    try:
-        for j in steps:
-            y, extra = solver.step(times[j], times[j + 1], y, extra)
-            if j + 1 in outputs:
-                ys.append(y)
-    finally:
-        if isinstance(sde, ReverseSDE):
-            sde.precompute(None)
-    return torch.stack(ys, 0), grid.numel() - 1
+    for j in steps:
+        y, extra = step(times[j], times[j + 1], y, extra)
+        if j + 1 in outputs:
+            ys.append(y)
+        if callback is not None:
+            callback({"i": j, "t": to_physical(times[j + 1]), "x": y.reshape(y.shape[0], *shape)})
+    return torch.stack(ys, 0)
 
 
 def _sdeint_adaptive(sde, y0, us, method, dt, rtol, atol, generator, seed, bm, options):
@@ -444,79 +487,140 @@ def _sdeint_adaptive(sde, y0, us, method, dt, rtol, atol, generator, seed, bm, o
             entropy=s, levy_area_approximation="space-time" if method in ("srk", "log_ode") else "none",
         )
     dt0 = float(us[1] - us[0]) / 10 if dt is None else dt
-    ys = torchsde.sdeint(sde, y0, us, bm=bm, method=method, dt=dt0, adaptive=True, rtol=rtol, atol=atol, options=options)
-    return ys, -1
+    counter = _RecordingBrownian(bm)
+    ys = torchsde.sdeint(sde, y0, us, bm=counter, method=method, dt=dt0, adaptive=True, rtol=rtol, atol=atol, options=options)
+    return ys, _contract.adaptive_step_counts(counter.queries)
+
+
+class _RecordingBrownian(torchsde.BaseBrownian):
+    """Pass-through Brownian object that records the intervals an adaptive torchsde solve asks for."""
+
+    def __init__(self, bm: Any) -> None:
+        self.bm = bm
+        self.queries: List[Tuple[float, float]] = []
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803 (torchsde's names)
+        self.queries.append((float(ta), float(ta if tb is None else tb)))
+        return self.bm(ta, tb, return_U=return_U, return_A=return_A)
+
+    def __repr__(self) -> str:
+        return f"_RecordingBrownian({self.bm!r})"
+
+    dtype = property(lambda self: self.bm.dtype)
+    device = property(lambda self: self.bm.device)
+    shape = property(lambda self: self.bm.shape)
+    levy_area_approximation = property(lambda self: self.bm.levy_area_approximation)
 
 
 # ---------------------------------------------------------------------------------- odeint
 
+#: torchdiffeq methods with adaptive step-size control that take ``step_t`` (rtol/atol apply).
+ADAPTIVE_ODE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"})
+#: torchdiffeq methods that step on a fixed grid (``ts`` unless ``options["step_size"]``).
+FIXED_ODE_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
 
-class _CountingFunc(torch.nn.Module):
-    """Wrap ``func(t, x)``: reshape flat states, count evaluations, record times if asked."""
 
-    def __init__(self, func, record: bool) -> None:
+class _Counting(torch.nn.Module):
+    """Wrap ``func(t, x)``: count evaluations and steps, record times if asked, keep ``func``'s callbacks."""
+
+    def __init__(self, func: Any, method: str, record: bool, progress: Any) -> None:
         super().__init__()
         self.func = func
-        self.nfe = 0
-        self.times: Optional[list] = [] if record else None
+        self.nfe = self.n_accepted = self.n_rejected = self.n_fixed = 0
+        self.times: Optional[List[float]] = [] if record else None
+        user = {name: getattr(func, name, None) for name in ("callback_step", "callback_accept_step", "callback_reject_step")}
+        counters = {}
+        if method in ADAPTIVE_ODE_METHODS:
+            counters = {"callback_accept_step": "n_accepted", "callback_reject_step": "n_rejected"}
+        elif method in FIXED_ODE_METHODS:
+            counters = {"callback_step": "n_fixed"}
+        for name in set(counters) | {k for k, v in user.items() if v is not None}:
+            setattr(self, name, self._callback(counters.get(name), user[name], progress if name in ("callback_accept_step", "callback_step") else None))
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def _callback(self, counter: Optional[str], user: Optional[Callable[..., Any]], bar: Any) -> Callable[..., Any]:
+        def callback(t0: Tensor, y0: Any, dt: Tensor) -> None:
+            if counter is not None:
+                setattr(self, counter, getattr(self, counter) + 1)
+                if bar is not None:
+                    bar.update(1)
+            if user is not None:
+                user(t0, y0, dt)
+
+        return callback
+
+    def forward(self, t: Tensor, x: Any) -> Any:
         self.nfe += 1
         if self.times is not None:
             self.times.append(float(t))
         return self.func(t, x)
 
 
+def _check_state(x0: Any) -> Any:
+    if isinstance(x0, tuple):
+        if not x0:
+            raise ValueError("x0 must be a tensor or a non-empty tuple of tensors")
+        for k, v in enumerate(x0):
+            check_batch(f"x0[{k}]", v, min_dim=1)
+        return x0
+    return check_batch("x0", x0, min_dim=1)
+
+
 def odeint(
     func: Any,
-    x0: Tensor,
+    x0: Any,
     ts: Any,
     *,
     method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     options: Optional[Dict[str, Any]] = None,
+    save: Any = "all",
     progress: bool = False,
-    return_info: bool = False,
     record_times: bool = False,
-) -> Union[Tensor, Tuple[Tensor, SolveInfo]]:
-    r"""Solve an ODE with torchdiffeq, safely, for states of any shape.
+) -> Solution:
+    r"""Solve an ODE with torchdiffeq, safely, for states of any shape (or tuples of them).
 
     ``func(t, x)`` is any torchdiffeq function, e.g. :class:`~sdesolve_gen.ProbabilityFlowODE`;
     ``ts`` runs in the direction of integration (decreasing from T to eps samples, increasing
-    encodes). Tolerances are always explicit (torchdiffeq's own defaults are 1e-7 / 1e-9).
+    encodes). Tolerances are always explicit (torchdiffeq's own defaults are 1e-7 / 1e-9). Any
+    torchdiffeq method is passed through; callbacks defined on ``func`` (torchdiffeq's
+    ``callback_step``, ``callback_accept_step``, ``callback_reject_step``) are kept.
 
-    Safety: adaptive solvers are told to step onto every time in ``ts`` (torchdiffeq's
-    ``step_t`` option), so the last step ends exactly at ``ts[-1]`` instead of overshooting it
-    and interpolating back; the vector field is never evaluated outside
-    ``[min(ts), max(ts)]`` (tested), which matters because e.g. VP's :math:`\sigma(t)` is NaN
-    for t < 0. Fixed-step methods step on ``ts`` unless ``options["step_size"]`` is given.
+    Safety: adaptive Runge-Kutta solvers (:data:`ADAPTIVE_ODE_METHODS`) are told to step onto
+    every time in ``ts`` (torchdiffeq's ``step_t`` option), so the last step ends exactly at
+    ``ts[-1]`` instead of overshooting it and interpolating back; the vector field is then never
+    evaluated outside ``[min(ts), max(ts)]`` (tested), which matters because e.g. VP's
+    :math:`\sigma(t)` is NaN for t < 0. Fixed-step methods (:data:`FIXED_ODE_METHODS`) step on
+    ``ts`` unless ``options["step_size"]`` is given. Other methods (e.g. ``scipy_solver``) get
+    the options as given and no such guarantee.
 
     Args:
-        func: callable ``(t, x) -> dx/dt``.
-        x0: initial state, shape ``(B, *shape)``.
+        func: callable ``(t, x) -> dx/dt`` (tuples in, tuples out for a tuple state).
+        x0: initial state, shape ``(B, *shape)``, or a tuple of tensors.
         ts: 1-D strictly monotone times.
-        method: a torchdiffeq method (``"dopri5"`` default, ``"bosh3"``, ``"dopri8"``,
-            ``"adaptive_heun"``, ``"rk4"``, ``"midpoint"``, ``"euler"``, ...).
+        method: a torchdiffeq method (``"dopri5"`` default, ``"bosh3"``, ``"dopri8"``, ``"rk4"``,
+            ``"heun2"``, ``"fixed_adams"``, ``"scipy_solver"``, ...).
         rtol, atol: tolerances for adaptive methods.
-        options: extra torchdiffeq options (``step_size`` for fixed-step methods, ...).
-        progress: print a one-line summary with NFE after the solve (adaptive solvers have no
-            known step count to show a bar for).
-        return_info: also return a :class:`~sdesolve_gen.result.SolveInfo`.
-        record_times: store every evaluation time in ``info.extra["times"]``.
+        options: torchdiffeq options (``step_size`` for fixed-step methods, ``norm``, ...).
+        save: ``"all"`` (default), ``"final"`` or a sequence of indices into ``ts`` to keep in ``ys``.
+        progress: show a tqdm bar over accepted steps.
+        record_times: store every evaluation time in ``extra["times"]``.
 
     Returns:
-        ``xs`` of shape ``(len(ts), B, *shape)``; and the info if asked.
+        :class:`~sdesolve_gen.Solution`: ``ys`` of shape ``(len(saved), B, *shape)`` (a tuple for
+        a tuple state), ``x`` the state at ``ts[-1]``, ``nfe``, accepted (``n_steps``) and
+        rejected steps.
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, x), got {type(func).__name__}")
-    x0 = check_batch("x0", x0, min_dim=1)
+    x0 = _check_state(x0)
     ts = _check_grid("ts", ts)
     d = ts[1:] - ts[:-1]
     if not (bool((d > 0).all()) or bool((d < 0).all())):
         raise ValueError("ts must be strictly monotone (increasing or decreasing)")
-    if not isinstance(method, str) or method not in _ODE_FIXED | ADAPTIVE_ODE_METHODS:
-        raise ValueError(f"method must be one of {sorted(_ODE_FIXED | ADAPTIVE_ODE_METHODS)}, got {method!r}")
+    if not isinstance(method, str) or not method:
+        raise TypeError(f"method must be the name of a torchdiffeq method, got {method!r}")
+    keep = _save_indices(save, ts.numel())
     opts = dict(options or {})
     if method in ADAPTIVE_ODE_METHODS:
         check_positive("rtol", rtol)
@@ -525,22 +629,33 @@ def odeint(
         if unknown:
             raise ValueError(f"options has keys unknown to adaptive torchdiffeq solvers: {sorted(unknown)}")
         opts.setdefault("step_t", ts)
-    else:
-        unknown = set(opts) - {"step_size", "grid_constructor", "perturb", "interp"}
+    elif method in FIXED_ODE_METHODS:
+        unknown = set(opts) - {"step_size", "grid_constructor", "perturb", "interp", "max_iters", "max_order"}
         if unknown:
             raise ValueError(f"options has keys unknown to fixed-step torchdiffeq solvers: {sorted(unknown)}")
         if "step_size" in opts:
             check_positive("options['step_size']", opts["step_size"])
-    counted = _CountingFunc(func, record_times)
-    ts_x = ts.to(device=x0.device)
-    start = _time.perf_counter()
-    xs = torchdiffeq.odeint(counted, x0, ts_x, method=method, rtol=rtol, atol=atol, options=opts)
-    wall = _time.perf_counter() - start
+    first = x0[0] if isinstance(x0, tuple) else x0
+    bar = None
     if progress:
-        print(f"odeint[{method}]: {counted.nfe} evaluations in {wall:.2f} s")
-    if not return_info:
-        return xs
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=f"odeint[{method}]", unit="step", leave=False)
+    counted = _Counting(func, method, record_times, bar)
+    start = _time.perf_counter()
+    try:
+        xs = torchdiffeq.odeint(counted, x0, ts.to(device=first.device), method=method, rtol=rtol, atol=atol, options=opts)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = _time.perf_counter() - start
+    ys = tuple(v[keep] for v in xs) if isinstance(xs, tuple) else xs[keep]
     extra: Dict[str, Any] = {"rtol": rtol, "atol": atol}
     if record_times:
         extra["times"] = counted.times
-    return xs, SolveInfo(method=f"torchdiffeq.{method}", nfe=counted.nfe, wall_time=wall, extra=extra)
+    n_steps = counted.n_accepted if method in ADAPTIVE_ODE_METHODS else counted.n_fixed
+    return Solution(
+        x=tuple(v[-1] for v in xs) if isinstance(xs, tuple) else xs[-1], ts=ts[keep], ys=ys,
+        method=f"torchdiffeq.{method}", nfe=counted.nfe, n_steps=n_steps, n_rejected=counted.n_rejected,
+        wall_time=wall, extra=extra,
+    )

@@ -20,6 +20,7 @@ Stratonovich-only torchsde methods (midpoint, heun, reversible_heun) are valid w
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
@@ -121,33 +122,43 @@ class ReverseSDE(_ScoreCaller):
         self.sde_type = sde_type
 
     def solver_times(self, ts: Tensor) -> Tensor:
-        r"""Map physical times ``ts`` (decreasing, T -> eps) to solver times :math:`u = T - t`."""
+        r"""Map physical times ``ts`` (strictly decreasing, in ``[0, T]``) to solver times :math:`u = T - t`.
+
+        Raises:
+            ValueError: if ``ts`` is not strictly decreasing or leaves ``[0, T]``.
+        """
         ts = torch.as_tensor(ts, dtype=torch.float64)
-        return self.sde.T - ts
+        if ts.dim() != 1 or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError("ts must be strictly decreasing for a ReverseSDE (physical time runs T -> eps)")
+        T = self.sde.T
+        if float(ts.max()) > T * (1 + 1e-12) or float(ts.min()) < 0:
+            raise ValueError(f"ts must lie in [0, T] = [0, {T}], got [{float(ts.min())}, {float(ts.max())}]")
+        return T - ts
 
     def physical_time(self, u: Tensor) -> Tensor:
         """Map solver time ``u`` back to physical time ``t = T - u`` (float64)."""
         return self.sde.T - u.to(torch.float64)
 
-    def precompute(self, us: Optional[Tensor]) -> None:
-        r"""Tabulate the schedule at known solver times ``us`` (or clear the table with ``None``).
+    def on_grid(self, us: Tensor) -> "ReverseSDE":
+        r"""A copy of this SDE with the schedule tabulated at known solver times ``us``.
 
         A fixed-step solve evaluates the schedule at grid times only; computing
         :math:`a(t) = (\log\alpha)'`, :math:`g^2` and :math:`g` for the whole grid in one
         vectorised call and looking them up per step removes a dozen tiny tensor operations
-        from every step (``sdeint`` does this for you).
+        from every step (``sdeint`` does this for you). The copy shares the score and counts
+        its own evaluations (``nfe`` starts at 0); this object is not modified.
         """
-        if us is None:
-            self._table = None
-            return
         us = torch.as_tensor(us, dtype=torch.float64).reshape(-1)
         t = self.physical_time(us)
         a = self.sde.drift_coef(t)
         g2 = self.sde.diffusion2(t)
-        self._table = {
+        new = copy.copy(self)
+        new.nfe = 0
+        new._table = {
             u: (ti, ai, g2i, gi)
             for u, ti, ai, g2i, gi in zip(us.tolist(), t, a.tolist(), g2.tolist(), torch.sqrt(g2).tolist())
         }
+        return new
 
     def _coefficients(self, u: Tensor) -> Tuple[Tensor, Any, Any, Any]:
         """``(t, a(t), g(t)^2, g(t))`` at solver time ``u`` (0-d): table lookup or computed."""

@@ -55,10 +55,11 @@ print("|---|---|---|---|---|---|")
 for label, sde, fn, kind, ns, kw in ROWS:
     x_T = data.prior(sde).sample(N, generator=torch.Generator().manual_seed(0), dtype=F64)
     if fn in DETERMINISTIC and id(sde) not in refs:
-        refs[id(sde)] = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9)[0]
+        refs[id(sde)] = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
     for n in ns:
-        x, info = fn(sde, data.score_fn(sde), x_T, timesteps(sde, n, kind=kind),
+        sol = fn(sde, data.score_fn(sde), x_T, timesteps(sde, n, kind=kind),
                      generator=torch.Generator().manual_seed(1), **kw)
+        x, info = sol.x, sol
         m, v, o = stats(data, sde, x)
         ode_err = f"{float((x - refs[id(sde)]).norm(dim=1).mean()):.2e}" if fn in DETERMINISTIC else "-"
         mom = max(float(m.abs().max()), float(v.abs().max()))

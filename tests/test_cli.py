@@ -31,14 +31,14 @@ def test_demo_small_writes_png_and_prints_table(tmp_path, capsys, monkeypatch):
     rc, out, err = run(["demo", "--out", "d.png", *SMALL], capsys)
     assert rc == 0, err
     assert (tmp_path / "d.png").read_bytes()[:8] == PNG_MAGIC
-    for name in ("euler_maruyama", "pc[rd+langevin]", "ode[dopri5]", "dpm_solver-3", "exact (reference)"):
+    for name in ("euler_maruyama", "predictor_corrector", "ode", "dpm_solver3", "exact (reference)"):
         assert name in out
     assert "NFE" in out and "SW2" in out and "|log p_ODE - log p_exact|" in out
     # NFE column is the samplers' real count: EM takes one evaluation per step, PC two, DPM-3 three
     rows = {line[:20].strip(): line[20:].split() for line in out.splitlines() if line[:20].strip()}
     assert int(rows["euler_maruyama"][0]) == 40
-    assert int(rows["pc[rd+langevin]"][0]) == 40
-    assert int(rows["dpm_solver-3"][0]) == 12
+    assert int(rows["predictor_corrector"][0]) == 40
+    assert int(rows["dpm_solver3"][0]) == 12
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_demo_default_entry_point_runs_in_a_temp_dir(tmp_path):
     proc = subprocess.run([exe, "demo", *SMALL], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "demo.png").read_bytes()[:8] == PNG_MAGIC
-    assert "dpm_solver-3" in proc.stdout
+    assert "dpm_solver3" in proc.stdout
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -206,7 +206,7 @@ def test_train_resume_sample_likelihood_round_trip(tmp_path, capsys):
     saved = torch.load(pt, weights_only=True)
     assert saved["samples"].shape == (16, 2) and saved["nfe"] == 10 and saved["checkpoint_step"] == 30
     assert bool(torch.isfinite(saved["samples"]).all())
-    rc, _, err = run(["sample", ck, "-n", "16", "--steps", "4", "--sampler", "dpm_solver-2",
+    rc, _, err = run(["sample", ck, "-n", "16", "--steps", "4", "--sampler", "dpm_solver2",
                       "--out", str(tmp_path / "s.png")], capsys)
     assert rc == 0, err
     assert (tmp_path / "s.png").read_bytes()[:8] == PNG_MAGIC

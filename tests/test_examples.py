@@ -41,5 +41,5 @@ def test_readme_quickstart_runs_as_written():
     code = re.search(r"## Quickstart\n\n```python\n(.*?)```", readme, re.S).group(1)
     scope: dict = {}
     exec(compile(code.replace("print(", "_ = ("), "README", "exec"), scope)
-    for est in (scope["xs"][-1].mean(0), scope["x0"].mean(0)):
+    for est in (scope["sol"].x.mean(0), scope["x0"].mean(0)):
         assert torch.allclose(est, scope["data"].mean, atol=0.25)

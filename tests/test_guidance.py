@@ -49,7 +49,7 @@ def _labels(data: GaussianMixture, x: torch.Tensor, sde) -> torch.Tensor:
 
 def _em(sde, score, x_T, n=200, seed=0):
     ts = sg.timesteps(sde, n)
-    return sg.euler_maruyama(sde, score, x_T, ts, generator=torch.Generator().manual_seed(seed))[0]
+    return sg.euler_maruyama(sde, score, x_T, ts, generator=torch.Generator().manual_seed(seed)).x
 
 
 def _two_prop_z(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -249,9 +249,9 @@ def test_classifier_free_guidance_samples_match_component_moments():
             ok &= abs(float(x[:, j].var()) / v - 1) < Z * math.sqrt(2 / (n - 1))
         return ok
 
-    x = sg.euler_maruyama(sde, G.classifier_free_guidance(cond, uncond, 2, 0.0), x_T, ts, generator=torch.Generator().manual_seed(9))[0]
+    x = sg.euler_maruyama(sde, G.classifier_free_guidance(cond, uncond, 2, 0.0), x_T, ts, generator=torch.Generator().manual_seed(9)).x
     assert check(x)
-    x_bad = sg.euler_maruyama(sde, G.classifier_free_guidance(cond, uncond, 0, 0.0), x_T, ts, generator=torch.Generator().manual_seed(9))[0]
+    x_bad = sg.euler_maruyama(sde, G.classifier_free_guidance(cond, uncond, 0, 0.0), x_T, ts, generator=torch.Generator().manual_seed(9)).x
     assert not check(x_bad)
 
 
@@ -265,17 +265,20 @@ def test_inpaint_keeps_known_coordinates_exactly(sampler, sde):
     x0 = data.sample(6, generator=torch.Generator().manual_seed(0), dtype=F64)
     mask = torch.zeros(1, 4, 4, dtype=torch.bool)
     mask[:, :, :2] = True
-    x, info = G.inpaint(sde, data.score_fn(sde), x0, mask, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    sol = G.inpaint(sde, data.score_fn(sde), x0, mask, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    x, info = sol.x, sol
     assert x.shape == x0.shape and x.dtype == F64 and bool(torch.isfinite(x).all())
     assert torch.equal(x[:, mask], x0[:, mask])
     assert not torch.allclose(x[:, ~mask], x0[:, ~mask])  # unknown coordinates were resampled
     assert info.nfe >= 20
     # reproducible with the same generator seed
-    x2, _ = G.inpaint(sde, data.score_fn(sde), x0, mask, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    sol = G.inpaint(sde, data.score_fn(sde), x0, mask, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    x2 = sol.x
     assert torch.equal(x, x2)
     # a per-sample mask (B, *shape) with float 0/1 entries
     mask_b = (torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2)) < 0.5).to(F64)
-    x3, _ = G.inpaint(sde, data.score_fn(sde), x0, mask_b, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    sol = G.inpaint(sde, data.score_fn(sde), x0, mask_b, sg.timesteps(sde, 20), sampler=sampler, generator=torch.Generator().manual_seed(1))
+    x3 = sol.x
     assert torch.equal(x3[mask_b.bool()], x0[mask_b.bool()])
 
 
@@ -325,7 +328,8 @@ def test_inpaint_replacement_law_and_its_bias(rho):
         return abs(float(x1.mean()) - m_law) < Z * math.sqrt(v_law / n) and abs(float(x1.var()) / v_law - 1) < Z * math.sqrt(2 / (n - 1))
 
     data = sg.analytic.Gaussian(mu, S)
-    x, _ = G.inpaint(sde, data.score_fn(sde), x_known, mask, ts, generator=torch.Generator().manual_seed(3))
+    sol = G.inpaint(sde, data.score_fn(sde), x_known, mask, ts, generator=torch.Generator().manual_seed(3))
+    x = sol.x
     assert torch.equal(x[:, 0], x_known[:, 0])
     assert law_ok(x[:, 1])
     if rho == 0.0:
@@ -337,7 +341,8 @@ def test_inpaint_replacement_law_and_its_bias(rho):
         assert abs(float(x[:, 1].mean()) - cm) > Z * math.sqrt(cv / n)
         assert abs(float(x[:, 1].var()) / cv - 1) > Z * math.sqrt(2 / (n - 1))
     S_bad = torch.tensor([[1.0, 0.5 - rho], [0.5 - rho, 1.0]], dtype=F64)
-    x_bad, _ = G.inpaint(sde, sg.analytic.Gaussian(mu, S_bad).score_fn(sde), x_known, mask, ts, generator=torch.Generator().manual_seed(3))
+    sol = G.inpaint(sde, sg.analytic.Gaussian(mu, S_bad).score_fn(sde), x_known, mask, ts, generator=torch.Generator().manual_seed(3))
+    x_bad = sol.x
     assert not law_ok(x_bad[:, 1])
 
 

@@ -79,7 +79,8 @@ def test_reverse_sdeint_any_shape(shape):
     rsde = sg.ReverseSDE(sde, data.score_fn(sde))
     x_T = sde.prior_sample((6, *shape), generator=torch.Generator().manual_seed(0))
     ts = timesteps(sde, 50)
-    xs, info = sdeint(rsde, x_T, ts, seed=0, return_info=True)
+    info = sdeint(rsde, x_T, ts, seed=0)
+    xs = info.ys
     assert xs.shape == (51, 6, *shape) and torch.equal(xs[0], x_T)
     assert info.nfe == 50 and info.n_steps == 50  # exactly one score call per Euler step
     assert rsde.data_shape is None  # the object is left as it was
@@ -91,10 +92,10 @@ def test_same_seed_bit_identical_and_different_seeds_differ():
     x_T = data.prior(sde).sample(50, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 40)
     for method, obj in [("euler", rsde), ("srk", rsde), ("heun", sg.ReverseSDE(sde, data.score_fn(sde), sde_type="stratonovich"))]:
-        a = sdeint(obj, x_T, ts, method=method, seed=3)
-        b = sdeint(obj, x_T, ts, method=method, generator=torch.Generator().manual_seed(3))
-        c = sdeint(obj, x_T, ts, method=method, seed=3)
-        d = sdeint(obj, x_T, ts, method=method, seed=4)
+        a = sdeint(obj, x_T, ts, method=method, seed=3).ys
+        b = sdeint(obj, x_T, ts, method=method, generator=torch.Generator().manual_seed(3)).ys
+        c = sdeint(obj, x_T, ts, method=method, seed=3).ys
+        d = sdeint(obj, x_T, ts, method=method, seed=4).ys
         assert torch.equal(a, c), method
         assert not torch.equal(a[-1], d[-1]), method
         assert b.shape == a.shape
@@ -108,9 +109,9 @@ def test_milstein_equals_euler_on_additive_noise_and_srk_differs():
     rsde = sg.ReverseSDE(sde, data.score_fn(sde))
     x_T = data.prior(sde).sample(30, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 30)
-    em = sdeint(rsde, x_T, ts, seed=2)
-    assert torch.equal(sdeint(rsde, x_T, ts, method="milstein", seed=2), em)
-    assert not torch.equal(sdeint(rsde, x_T, ts, method="srk", seed=2)[-1], em[-1])
+    em = sdeint(rsde, x_T, ts, seed=2).ys
+    assert torch.equal(sdeint(rsde, x_T, ts, method="milstein", seed=2).ys, em)
+    assert not torch.equal(sdeint(rsde, x_T, ts, method="srk", seed=2).x, em[-1])
 
 
 def test_grid_brownian_increments_are_standard():
@@ -148,7 +149,7 @@ def test_reverse_euler_recovers_data_moments():
     ts = timesteps(sde, 500)
 
     def check(score_fn):
-        x = sdeint(sg.ReverseSDE(sde, score_fn), x_T, ts[[0, -1]], dt=float(ts[0] - ts[-1]) / 500, seed=1)[-1]
+        x = sdeint(sg.ReverseSDE(sde, score_fn), x_T, ts[[0, -1]], dt=float(ts[0] - ts[-1]) / 500, seed=1).x
         var = torch.diagonal(data.cov)
         mean_ok = ((x.mean(0) - data.mean).abs() <= 0.01 + 5 * torch.sqrt(var / x.shape[0])).all()
         var_ok = ((x.var(0) - var).abs() <= 0.03 + 5 * var * math.sqrt(2 / x.shape[0])).all()
@@ -187,7 +188,7 @@ def test_em_strong_order_on_additive_noise():
                 return lookup[(float(ta), float(tb))]
 
         pb = PathBM(u, (400, 2), dtype=F64)
-        return sdeint(rsde, x_T, grid, bm=pb)[-1]
+        return sdeint(rsde, x_T, grid, bm=pb).x
 
     ref = solve(1)
     ks = [64, 32, 16, 8]
@@ -228,7 +229,7 @@ def test_forward_sdeint_marginals_match_exact_p_t():
     em = _em_forward_moments(sde, data.mean.to(F64), torch.diagonal(data.cov).to(F64), h, 100)
 
     def check(sim_sde):
-        xs = sdeint(sim_sde, x0, ts, dt=h, seed=1)
+        xs = sdeint(sim_sde, x0, ts, dt=h, seed=1).ys
         ok = []
         for k, t in enumerate(ts[1:].tolist(), start=1):
             p_t = data.marginal(t, sde)
@@ -242,7 +243,7 @@ def test_forward_sdeint_marginals_match_exact_p_t():
             ok.append(bool(((x.var(0) - var).abs() <= (v_em - var).abs() + 5 * se_v).all()))
         return all(ok)
 
-    assert sdeint(sde, x0[:5], ts, dt=h, seed=1).shape == (4, 5, 2)
+    assert sdeint(sde, x0[:5], ts, dt=h, seed=1).ys.shape == (4, 5, 2)
     assert check(sde)
     assert not check(sg.VPSDE(beta_max=10.0))
 
@@ -266,8 +267,8 @@ def test_adaptive_sdeint_runs():
     rsde = sg.ReverseSDE(sde, data.score_fn(sde))
     x_T = data.prior(sde).sample(20, generator=torch.Generator().manual_seed(0), dtype=F64)
     with pytest.warns(UserWarning):  # torchsde's own caveat for adaptive Euler
-        xs, info = sdeint(rsde, x_T, timesteps(sde, 1), adaptive=True, rtol=1e-2, atol=1e-2, seed=0, return_info=True)
-    assert xs.shape == (2, 20, 2) and info.nfe > 10
+        info = sdeint(rsde, x_T, timesteps(sde, 1), adaptive=True, rtol=1e-2, atol=1e-2, seed=0)
+    assert info.ys.shape == (2, 20, 2) and info.nfe > 10
 
 
 @pytest.mark.parametrize(
@@ -305,7 +306,7 @@ def test_odeint_never_evaluates_outside_the_interval():
     ode = sg.ProbabilityFlowODE(sde, data.score_fn(sde))
     x_T = data.prior(sde).sample(64, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = torch.tensor([1.0, 1e-5], dtype=F64)
-    _, info = odeint(ode, x_T, ts, rtol=1e-5, atol=1e-5, return_info=True, record_times=True)
+    info = odeint(ode, x_T, ts, rtol=1e-5, atol=1e-5, record_times=True)
     times = info.extra["times"]
     assert min(times) >= 1e-5 and max(times) <= 1.0
     seen = []
@@ -324,8 +325,8 @@ def test_encode_decode_round_trip():
     ode = sg.ProbabilityFlowODE(sde, data.score_fn(sde))
     x = data.sample(200, generator=torch.Generator().manual_seed(0), dtype=F64)
     up = torch.tensor([1e-3, 1.0], dtype=F64)
-    z = odeint(ode, x, up, rtol=1e-7, atol=1e-7)[-1]
-    back = odeint(ode, z, up.flip(0), rtol=1e-7, atol=1e-7)[-1]
+    z = odeint(ode, x, up, rtol=1e-7, atol=1e-7).x
+    back = odeint(ode, z, up.flip(0), rtol=1e-7, atol=1e-7).x
     assert float((back - x).abs().max()) < 1e-4
     assert float((z - x).abs().max()) > 0.5  # the encoding really moved the points
 
@@ -335,9 +336,10 @@ def test_fixed_step_odeint_counts():
     ode = sg.ProbabilityFlowODE(sde, data.score_fn(sde))
     x_T = data.prior(sde).sample(10, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 25)
-    _, info = odeint(ode, x_T, ts, method="euler", return_info=True)
+    info = odeint(ode, x_T, ts, method="euler")
     assert info.nfe == 25
-    xs_rk4, info = odeint(ode, x_T, ts, method="rk4", return_info=True)
+    info = odeint(ode, x_T, ts, method="rk4")
+    xs_rk4 = info.ys
     assert info.nfe == 100
 
 
@@ -360,10 +362,10 @@ def test_fixed_step_rk4_matches_the_exact_flow_map():
         z = (x_T - a_T * m) / torch.sqrt(a_T**2 * s2 + sde.sigma(1.0) ** 2)
         return a_t * m + torch.sqrt(a_t**2 * s2 + sde.sigma(t) ** 2) * z
 
-    xs = odeint(ode, x_T, ts, method="rk4", options={"step_size": 0.01})
+    xs = odeint(ode, x_T, ts, method="rk4", options={"step_size": 0.01}).ys
     err = max(float((xs[k] - exact(float(ts[k]))).abs().max()) for k in (1, 2))
     assert err < 1e-6, err
-    xe = odeint(ode, x_T, ts, method="euler", options={"step_size": 0.01})
+    xe = odeint(ode, x_T, ts, method="euler", options={"step_size": 0.01}).ys
     assert float((xe[2] - exact(0.1)).abs().max()) > 1e-3
 
 
@@ -400,7 +402,7 @@ def test_nonfinite_score_raises_with_time_and_leaves_the_sde_unchanged():
         sdeint(rsde, x_T, timesteps(sde, 10), seed=0)
     assert rsde.data_shape is None
     ok = sg.ReverseSDE(sde, lambda x, t: -x)
-    assert torch.isfinite(sdeint(ok, x_T, timesteps(sde, 10), seed=0)).all()
+    assert torch.isfinite(sdeint(ok, x_T, timesteps(sde, 10), seed=0).ys).all()
 
 
 def test_progress_bar_does_not_change_the_result():
@@ -408,4 +410,4 @@ def test_progress_bar_does_not_change_the_result():
     rsde = sg.ReverseSDE(sde, lambda x, t: -x)
     x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 20)
-    assert torch.equal(sdeint(rsde, x_T, ts, seed=0, progress=True), sdeint(rsde, x_T, ts, seed=0))
+    assert torch.equal(sdeint(rsde, x_T, ts, seed=0, progress=True).ys, sdeint(rsde, x_T, ts, seed=0).ys)

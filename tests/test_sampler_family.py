@@ -28,7 +28,8 @@ N = 10000
 def passes(name, data_for_score, n=N, seed=0):
     data = target()
     sde = CONFIGS[name][0]
-    x, info = run(name, data_for_score, n, seed)
+    sol = run(name, data_for_score, n, seed)
+    x, info = sol.x, sol
     m, v, o = stats(data, sde, x)
     ref = data.marginal(sde.eps, sde)
     var = torch.diagonal(ref.cov)
@@ -72,12 +73,15 @@ def test_same_seed_bit_identical(name, dtype):
     sde, data = sg.VESDE(sigma_max=20.0), target()
     x_T = data.prior(sde).sample(64, generator=torch.Generator().manual_seed(0), dtype=dtype)
     ts = timesteps(sde, 8)
-    a, ia = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(5))
-    b, _ = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(5))
+    sol = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(5))
+    a, ia = sol.x, sol
+    sol = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(5))
+    b = sol.x
     assert a.dtype == dtype and a.shape == x_T.shape
     assert torch.equal(a, b)
     if name not in ("ode", "heun", "dpm_solver", "dpm_solver_pp_2m"):  # stochastic samplers
-        c, _ = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(6))
+        sol = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(6))
+        c = sol.x
         assert not torch.equal(a, c)
 
 
@@ -85,7 +89,8 @@ def _slope(f, sde, data, ns, kind, ref, **kw):
     x_T = data.prior(sde).sample(2000, generator=torch.Generator().manual_seed(0), dtype=F64)
     errs, nfes = [], []
     for n in ns:
-        x, info = f(sde, data.score_fn(sde), x_T, timesteps(sde, n, kind=kind), **kw)
+        sol = f(sde, data.score_fn(sde), x_T, timesteps(sde, n, kind=kind), **kw)
+        x, info = sol.x, sol
         errs.append(float((x - ref).norm(dim=1).mean()))
         nfes.append(info.nfe)
     return -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
@@ -101,7 +106,8 @@ def test_deterministic_solvers_have_their_orders():
     """
     sde, data = sg.VPSDE(), target()
     x_T = data.prior(sde).sample(2000, generator=torch.Generator().manual_seed(0), dtype=F64)
-    ref, _ = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9)
+    sol = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9)
+    ref = sol.x
     p1 = _slope(S.dpm_solver, sde, data, [20, 40, 80], "logsnr", ref, order=1)
     p2 = _slope(S.dpm_solver, sde, data, [20, 40, 80], "logsnr", ref, order=2)
     p3 = _slope(S.dpm_solver, sde, data, [10, 20, 40], "logsnr", ref, order=3)
@@ -151,8 +157,9 @@ def test_adaptive_sde_tolerance_controls_work():
     x_T = data.prior(sde).sample(500, generator=torch.Generator().manual_seed(0), dtype=F64)
     nfes = []
     for tol in (1e-1, 3e-2, 1e-2):
-        _, info = S.adaptive_sde(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=tol, atol=tol,
+        sol = S.adaptive_sde(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=tol, atol=tol,
                                  generator=torch.Generator().manual_seed(1))
+        _, info = sol.x, sol
         nfes.append(info.nfe)
         assert info.nfe == 2 * (info.n_steps + info.n_rejected)
     assert nfes[0] < nfes[1] < nfes[2]
@@ -162,8 +169,10 @@ def test_denoise_is_one_tweedie_step():
     sde, data = sg.VPSDE(), target()
     x_T = data.prior(sde).sample(10, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 10, kind="logsnr")
-    x, info = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=2)
-    xd, infod = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=2, denoise=True)
+    sol = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=2)
+    x, info = sol.x, sol
+    sol = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=2, denoise=True)
+    xd, infod = sol.x, sol
     assert infod.nfe == info.nfe + 1
     assert torch.allclose(xd, S.tweedie_denoise(sde, data.score_fn(sde), x, sde.eps))
 
@@ -173,7 +182,8 @@ def test_image_shaped_states():
     data = sg.analytic.Gaussian(torch.zeros(64), 0.5 * torch.eye(64), event_shape=(1, 8, 8))
     x_T = sde.prior_sample((4, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=F64)
     for f in SEEDED.values():
-        x, _ = f(sde, data.score_fn(sde), x_T, timesteps(sde, 4), generator=torch.Generator().manual_seed(0))
+        sol = f(sde, data.score_fn(sde), x_T, timesteps(sde, 4), generator=torch.Generator().manual_seed(0))
+        x = sol.x
         assert x.shape == (4, 1, 8, 8)
 
 

@@ -86,7 +86,8 @@ def _gaussian_check(kind, sde, mu, var, score_mu, score_var, n_steps=40, B=4000,
     wrong = sg.analytic.Gaussian(score_mu, torch.diag(score_var))
     ts = timesteps(sde, n_steps)
     x_T = data.prior(sde).sample(B, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    x, _ = SAMPLERS[kind](sde, wrong.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(seed + 1))
+    sol = SAMPLERS[kind](sde, wrong.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(seed + 1))
+    x = sol.x
     law_m, law_v = _chain_law(kind, sde, ts, mu, var, mu, var)
     se_m, se_v = torch.sqrt(law_v / B), law_v * math.sqrt(2 / (B - 1))
     ok_m = ((x.mean(0) - law_m).abs() <= Z * se_m).all()
@@ -147,7 +148,8 @@ def test_ve_samplers_equal_smld_rules(rule):
     sde, data = sg.VESDE(sigma_max=20.0), target()
     x_T = data.prior(sde).sample(256, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 30)
-    x, _ = getattr(S, rule)(sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(3))
+    sol = getattr(S, rule)(sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(3))
+    x = sol.x
     ref = _smld_reference(sde, data.score_fn(sde), x_T, ts, torch.Generator().manual_seed(3), rule)
     assert torch.allclose(x, ref, rtol=1e-10, atol=1e-10)
     other = _smld_reference(sde, data.score_fn(sde), x_T, ts, torch.Generator().manual_seed(3),
@@ -161,7 +163,8 @@ def test_dpm_solver_1_is_ddim(sde):
     data = target()
     x_T = data.prior(sde).sample(256, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 15, kind="logsnr")
-    x, info = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=1)
+    sol = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=1)
+    x, info = sol.x, sol
     y = x_T
     for i in range(len(ts) - 1):
         a_t, s_t = float(sde.alpha(ts[i])), float(sde.sigma(ts[i]))
@@ -170,7 +173,8 @@ def test_dpm_solver_1_is_ddim(sde):
         y = a_s * (y - s_t * eps_hat) / a_t + s_s * eps_hat
     assert info.nfe == len(ts) - 1
     assert torch.allclose(x, y, rtol=1e-9, atol=1e-9)
-    x2, _ = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=2)
+    sol = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=2)
+    x2 = sol.x
     assert not torch.allclose(x2, y, rtol=1e-4, atol=1e-4)  # control: order 2 is a different rule
 
 
@@ -189,8 +193,9 @@ def test_vp_closed_form_lambda_inverse():
 
 def _round_trip(score_data, x0, sde, tol):
     up = torch.tensor([sde.eps, sde.T], dtype=F64)
-    x_T = odeint(ProbabilityFlowODE(sde, target().score_fn(sde)), x0, up, rtol=tol, atol=tol)[-1]
-    back, info = S.ode(sde, score_data.score_fn(sde), x_T, up.flip(0), rtol=tol, atol=tol)
+    x_T = odeint(ProbabilityFlowODE(sde, target().score_fn(sde)), x0, up, rtol=tol, atol=tol).x
+    sol = S.ode(sde, score_data.score_fn(sde), x_T, up.flip(0), rtol=tol, atol=tol)
+    back, info = sol.x, sol
     return float((back - x0).abs().max()), info
 
 
@@ -224,7 +229,7 @@ def _langevin_var(score_var, v, snr, n_steps=300, B=4000):
     data = sg.analytic.Gaussian(torch.zeros(1, dtype=F64), torch.tensor([[score_var]], dtype=F64))
     gen = torch.Generator().manual_seed(0)
     x = 3.0 * math.sqrt(a * a * v + s * s) * torch.randn(B, 1, generator=gen, dtype=F64)  # too wide start
-    run_ = S._Run("langevin", sde, data.score_fn(sde), x, torch.tensor([t, 0.05], dtype=F64), gen)
+    run_ = S.Run("langevin", sde, data.score_fn(sde), x, torch.tensor([t, 0.05], dtype=F64), gen)
     for _ in range(n_steps):
         x = C.langevin_step(run_, x, 0, snr)
     return float(x.var()), a * a * v + s * s
@@ -251,7 +256,8 @@ def test_langevin_corrector_relaxes_to_p_t():
 def _occupancy_chi2_ok(name, score_data, n=10000):
     data = target()
     sde = CONFIGS[name][0]
-    x, _ = run(name, score_data, n, seed=7)
+    sol = run(name, score_data, n, seed=7)
+    x = sol.x
     labels = data.log_responsibilities(x, sde.eps, sde).argmax(1)
     counts = torch.bincount(labels, minlength=data.n_components).to(F64)
     p = _ref_occupancy(data, sde)
@@ -281,12 +287,15 @@ def test_pc_without_corrector_is_its_predictor(predictor, plain):
     sde, data = sg.VESDE(sigma_max=20.0), target()
     x_T = data.prior(sde).sample(128, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = timesteps(sde, 12)
-    a, ia = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=predictor, corrector=None,
+    sol = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=predictor, corrector=None,
                                   generator=torch.Generator().manual_seed(2))
-    b, ib = plain(sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(2))
+    a, ia = sol.x, sol
+    ib = plain(sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(2))
+    b = ib.x
     assert torch.equal(a, b) and ia.nfe == ib.nfe == 12
-    c, ic = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=predictor, n_corrector_steps=2,
+    sol = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=predictor, n_corrector_steps=2,
                                   generator=torch.Generator().manual_seed(2))
+    c, ic = sol.x, sol
     assert ic.nfe == 12 * 3 and not torch.allclose(a, c)  # control: the corrector does act
 
 
@@ -300,8 +309,10 @@ def test_pc_accepts_a_callable_predictor():
         x0 = S.tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
         return run.alpha[i + 1] * x0 + run.sigma[i + 1] * (x - run.alpha[i] * x0) / run.sigma[i]
 
-    a, info = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=ddim, corrector=None)
-    b, _ = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=1)
+    sol = C.predictor_corrector(sde, data.score_fn(sde), x_T, ts, predictor=ddim, corrector=None)
+    a, info = sol.x, sol
+    sol = S.dpm_solver(sde, data.score_fn(sde), x_T, ts, order=1)
+    b = sol.x
     assert torch.allclose(a, b, rtol=1e-9, atol=1e-9) and info.method == "pc[ddim+None]"
 
 
@@ -313,8 +324,9 @@ def _adaptive_var_rel_err(sde, tol, score_var=0.05, B=50000):
     d = sg.analytic.Gaussian(torch.tensor([1.0], dtype=F64), torch.tensor([[0.05]], dtype=F64))
     wrong = sg.analytic.Gaussian(torch.tensor([1.0], dtype=F64), torch.tensor([[score_var]], dtype=F64))
     x_T = d.prior(sde).sample(B, generator=torch.Generator().manual_seed(0), dtype=F64)
-    x, info = S.adaptive_sde(sde, wrong.score_fn(sde), x_T, timesteps(sde, 1), rtol=tol, atol=tol,
+    sol = S.adaptive_sde(sde, wrong.score_fn(sde), x_T, timesteps(sde, 1), rtol=tol, atol=tol,
                              generator=torch.Generator().manual_seed(1))
+    x, info = sol.x, sol
     a, s = float(sde.alpha(sde.eps)), float(sde.sigma(sde.eps))
     return float(x.var()) / (a * a * 0.05 + s * s) - 1.0, info
 

@@ -1,0 +1,50 @@
+r"""Samplers: small functions with one signature, and the registry that records their facts.
+
+Every sampler is called as::
+
+    sol = sampler(sde, score_fn, x_T, ts, *, generator=None, denoise=False, progress=False, ...)
+
+and returns a :class:`~sdesolve_gen.Solution` (samples in ``sol.x``, score evaluations in
+``sol.nfe``). :data:`SAMPLERS` maps each sampler's one name to a :class:`SamplerSpec` (order,
+evaluations per step, default grid, stochastic or not)::
+
+    spec = sg.samplers.SAMPLERS["dpm_solver_pp_2m"]
+    ts = spec.timesteps(sde, spec.steps_for(nfe=20))     # 20 evaluations, on its log-SNR grid
+    sol = spec(sde, score_fn, x_T, ts)
+
+Modules: :mod:`~sdesolve_gen.samplers.sde` (reverse-SDE samplers),
+:mod:`~sdesolve_gen.samplers.ode` (probability-flow ODE samplers),
+:mod:`~sdesolve_gen.samplers.langevin` (Langevin correctors, predictor-corrector),
+:mod:`~sdesolve_gen.samplers.inpaint` (inpainting), :mod:`~sdesolve_gen.samplers.registry`.
+"""
+
+from ._run import Run, tweedie_denoise, tweedie_x0
+from .inpaint import INPAINT_SAMPLERS, inpaint
+from .langevin import annealed_langevin, langevin_step, predictor_corrector
+from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode, vp_t_of_lambda
+from .registry import SAMPLERS, Registry, SamplerSpec, get_sampler
+from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
+
+__all__ = [
+    "SAMPLERS",
+    "SamplerSpec",
+    "Registry",
+    "get_sampler",
+    "Run",
+    "euler_maruyama",
+    "reverse_diffusion",
+    "ancestral",
+    "adaptive_sde",
+    "ode",
+    "heun",
+    "dpm_solver",
+    "dpm_solver_pp_2m",
+    "predictor_corrector",
+    "annealed_langevin",
+    "langevin_step",
+    "inpaint",
+    "INPAINT_SAMPLERS",
+    "tweedie_x0",
+    "tweedie_denoise",
+    "vp_t_of_lambda",
+]
