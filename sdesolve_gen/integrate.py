@@ -416,6 +416,8 @@ def sdeint(
     shape = tuple(x0.shape[1:])
     if len(shape) > 1 and getattr(sde, "noise_type", None) != "diagonal":
         raise ValueError(f"states of shape (B, *shape) with more than one data dimension need a diagonal-noise SDE, got noise_type={getattr(sde, 'noise_type', None)!r}")
+    if not getattr(sde, "differentiable", True):
+        x0 = x0.detach()  # inference: no graph across steps (see ReverseSDE's differentiable)
     y0 = x0.reshape(x0.shape[0], -1)
     start = _time.perf_counter()
     if adaptive:
@@ -423,6 +425,7 @@ def sdeint(
         nfe0 = getattr(sde, "nfe", 0)
         ys, (n_steps, n_rejected) = _sdeint_adaptive(solver_sde, y0, us, method, dt, rtol, atol, generator, seed, bm, options)
         nfe = getattr(sde, "nfe", 0) - nfe0
+        _raise_if_nonfinite(sde)
         ys = ys[keep]
     else:
         grid, out_idx = _step_grid(us, dt)
@@ -436,6 +439,7 @@ def sdeint(
         nfe = getattr(run_sde, "nfe", 0) - nfe0
         if run_sde is not sde and hasattr(sde, "nfe"):
             sde.nfe += nfe
+        _raise_if_nonfinite(run_sde)
     xs = ys.reshape(ys.shape[0], *x0.shape)
     return Solution(
         x=xs[-1], ts=ts[keep], ys=xs,
@@ -443,6 +447,12 @@ def sdeint(
         nfe=nfe, n_steps=n_steps, n_rejected=n_rejected, wall_time=_time.perf_counter() - start,
         extra={"dt": dt, "adaptive": adaptive},
     )
+
+
+def _raise_if_nonfinite(obj: Any) -> None:
+    check = getattr(obj, "raise_if_nonfinite", None)
+    if callable(check):
+        check()
 
 
 def _sdeint_fixed(sde, y0, grid, out_idx, method, generator, seed, bm, progress, options, callback, to_physical, shape):
@@ -642,12 +652,15 @@ def odeint(
 
         bar = tqdm(desc=f"odeint[{method}]", unit="step", leave=False)
     counted = _Counting(func, method, record_times, bar)
+    if not getattr(func, "differentiable", True):
+        x0 = tuple(v.detach() for v in x0) if isinstance(x0, tuple) else x0.detach()
     start = _time.perf_counter()
     try:
         xs = torchdiffeq.odeint(counted, x0, ts.to(device=first.device), method=method, rtol=rtol, atol=atol, options=opts)
     finally:
         if bar is not None:
             bar.close()
+    _raise_if_nonfinite(func)
     wall = _time.perf_counter() - start
     ys = tuple(v[keep] for v in xs) if isinstance(xs, tuple) else xs[keep]
     extra: Dict[str, Any] = {"rtol": rtol, "atol": atol}

@@ -21,7 +21,7 @@ Stratonovich-only torchsde methods (midpoint, heun, reversible_heun) are valid w
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from .sde import LinearSDE, expand_to
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, TimeLike], Tensor]
 
-__all__ = ["ReverseSDE", "ProbabilityFlowODE", "ScoreFn"]
+__all__ = ["ReverseSDE", "ProbabilityFlowODE", "ScoreFn", "pf_velocity", "check_model_kwargs", "CHECK_FINITE"]
 
 
 def _check_sde_score(sde: object, score_fn: object) -> None:
@@ -51,34 +51,105 @@ def _check_data_shape(data_shape: Optional[Sequence[int]]) -> Optional[Tuple[int
     return shape
 
 
-class _ScoreCaller(nn.Module):
-    """Shared plumbing: reshape to the data shape, call the score, count and check it."""
+#: Finiteness checks of the score: per evaluation (one host sync each), once at the end, or none.
+CHECK_FINITE = ("step", "end", "off")
 
-    def __init__(self, sde: LinearSDE, score_fn: ScoreFn, data_shape: Optional[Sequence[int]], check_finite: bool) -> None:
+
+def _check_mode(check_finite: Any) -> str:
+    if check_finite is True:
+        return "step"
+    if check_finite is False:
+        return "off"
+    if check_finite not in CHECK_FINITE:
+        raise ValueError(f"check_finite must be one of {CHECK_FINITE} (or True/False), got {check_finite!r}")
+    return str(check_finite)
+
+
+def check_model_kwargs(model_kwargs: Any) -> Dict[str, Any]:
+    """``model_kwargs`` as a fresh dict of keyword arguments for the score (``{}`` for ``None``)."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, Mapping):
+        raise TypeError(f"model_kwargs must be a mapping of keyword arguments for score_fn, got {type(model_kwargs).__name__}")
+    bad = [k for k in model_kwargs if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise ValueError(f"model_kwargs keys must be argument names, got {bad!r}")
+    return dict(model_kwargs)
+
+
+class _ScoreCaller(nn.Module):
+    """Shared plumbing: reshape to the data shape, call the score with its keyword arguments, count and check it.
+
+    Finiteness (``check_finite``): ``"step"`` raises as soon as a score is NaN/inf (one host
+    synchronisation per evaluation); ``"end"`` keeps one device-side flag per evaluation and
+    :meth:`raise_if_nonfinite` (called by every solve of this library when it finishes) raises
+    for the first bad evaluation, naming its time, with one synchronisation in all; ``"off"``.
+
+    Gradients: unless ``differentiable``, the score is evaluated under ``torch.no_grad()``, so no
+    autograd graph is built across steps (a score that needs autograd inside, such as classifier
+    guidance, enables it locally and still works).
+    """
+
+    def __init__(
+        self,
+        sde: LinearSDE,
+        score_fn: ScoreFn,
+        data_shape: Optional[Sequence[int]],
+        check_finite: Any,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        differentiable: bool = False,
+    ) -> None:
         super().__init__()
         _check_sde_score(sde, score_fn)
+        if not isinstance(differentiable, bool):
+            raise TypeError(f"differentiable must be a bool, got {type(differentiable).__name__}")
         self.sde = sde
         self.score_fn = score_fn
         self.data_shape = _check_data_shape(data_shape)
-        self.check_finite = bool(check_finite)
+        self.check_finite = _check_mode(check_finite)
+        self.model_kwargs = check_model_kwargs(model_kwargs)
+        self.differentiable = differentiable
         self.nfe = 0
+        self._flags: List[Tuple[Tensor, Tensor]] = []
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """Evaluate the score at state ``x`` (any shape ``(B, ...)``) and physical time ``t``."""
         shape = x.shape
         if self.data_shape is not None:
             x = x.reshape(shape[0], *self.data_shape)
-        s = self.score_fn(x, t)
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            s = self.score_fn(x, t, **self.model_kwargs)
         self.nfe += 1
-        if s.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(s.shape)}, expected {tuple(x.shape)}")
-        # A sum is NaN/inf whenever an element is (cheaper than isfinite().all()); an overflowing
-        # sum of finite values is confirmed element-wise before anything is raised.
-        if self.check_finite and not bool(torch.isfinite(s.sum())) and not bool(torch.isfinite(s).all()):
-            bad_x = not bool(torch.isfinite(x).all())
-            what = "the state x" if bad_x else "score_fn's output"
-            raise NonFiniteError(f"{what} became non-finite (NaN/inf) at t={float(t):.6g}")
+        if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"score_fn returned shape {got}, expected {tuple(x.shape)}")
+        if self.check_finite == "step":
+            # A sum is NaN/inf whenever an element is (cheaper than isfinite().all()); an overflowing
+            # sum of finite values is confirmed element-wise before anything is raised.
+            if not bool(torch.isfinite(s.sum())) and not bool(torch.isfinite(s).all()):
+                self._raise(x, t)
+        elif self.check_finite == "end":
+            self._flags.append((torch.isfinite(s).all(), t))
         return s.reshape(shape)
+
+    def _raise(self, x: Optional[Tensor], t: Tensor) -> None:
+        what = "the state x" if x is not None and not bool(torch.isfinite(x).all()) else "score_fn's output"
+        raise NonFiniteError(f"{what} became non-finite (NaN/inf) at t={float(t):.6g}")
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteError` for the first non-finite score recorded since the last call
+        (``check_finite="end"``; one host synchronisation), then forget the records."""
+        flags, self._flags = self._flags, []
+        if not flags:
+            return
+        ok = torch.stack([f for f, _ in flags])
+        if bool(ok.all()):
+            return
+        first = int((~ok).nonzero()[0, 0])
+        raise NonFiniteError(
+            f"score_fn's output became non-finite (NaN/inf) at t={float(flags[first][1]):.6g} "
+            f"(evaluation {first + 1} of {len(flags)})"
+        )
 
 
 class ReverseSDE(_ScoreCaller):
@@ -98,7 +169,15 @@ class ReverseSDE(_ScoreCaller):
             state is reshaped to ``(B, *data_shape)`` before ``score_fn`` is called).
         sde_type: ``"ito"`` (default) or ``"stratonovich"``; both are exact here because
             :math:`g` does not depend on x.
-        check_finite: raise :class:`NonFiniteError` as soon as the score is NaN/inf.
+        check_finite: ``"end"`` (default): record NaN/inf scores on the device and raise
+            :class:`NonFiniteError` naming the first bad time when the solve finishes
+            (:func:`~sdesolve_gen.sdeint` / :func:`~sdesolve_gen.odeint` call
+            :meth:`raise_if_nonfinite`; call it yourself after a raw torchsde/torchdiffeq solve);
+            ``"step"``: raise at once (one host synchronisation per evaluation); ``"off"``.
+        model_kwargs: keyword arguments passed to every ``score_fn(x, t, **model_kwargs)`` call
+            (class labels, conditioning inputs).
+        differentiable: build the autograd graph through the score calls (to differentiate
+            through the solve); by default every score call runs under ``torch.no_grad()``.
 
     Attributes:
         nfe: number of score evaluations so far (reset it to 0 between solves if you count).
@@ -113,9 +192,11 @@ class ReverseSDE(_ScoreCaller):
         *,
         data_shape: Optional[Sequence[int]] = None,
         sde_type: str = "ito",
-        check_finite: bool = True,
+        check_finite: Any = "end",
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        differentiable: bool = False,
     ) -> None:
-        super().__init__(sde, score_fn, data_shape, check_finite)
+        super().__init__(sde, score_fn, data_shape, check_finite, model_kwargs, differentiable)
         self._table: Optional[dict] = None
         if sde_type not in ("ito", "stratonovich"):
             raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
@@ -154,6 +235,7 @@ class ReverseSDE(_ScoreCaller):
         g2 = self.sde.diffusion2(t)
         new = copy.copy(self)
         new.nfe = 0
+        new._flags = []
         new._table = {
             u: (ti, ai, g2i, gi)
             for u, ti, ai, g2i, gi in zip(us.tolist(), t, a.tolist(), g2.tolist(), torch.sqrt(g2).tolist())
@@ -210,7 +292,15 @@ class ProbabilityFlowODE(_ScoreCaller):
         sde: the forward linear SDE.
         score_fn: ``(x, t) -> score``.
         data_shape: optional shape of one sample, if states are passed flattened.
-        check_finite: raise :class:`NonFiniteError` as soon as the score is NaN/inf.
+        check_finite: ``"end"`` (default): record NaN/inf scores on the device and raise
+            :class:`NonFiniteError` naming the first bad time when the solve finishes
+            (:func:`~sdesolve_gen.sdeint` / :func:`~sdesolve_gen.odeint` call
+            :meth:`raise_if_nonfinite`; call it yourself after a raw torchsde/torchdiffeq solve);
+            ``"step"``: raise at once (one host synchronisation per evaluation); ``"off"``.
+        model_kwargs: keyword arguments passed to every ``score_fn(x, t, **model_kwargs)`` call
+            (class labels, conditioning inputs).
+        differentiable: build the autograd graph through the score calls (to differentiate
+            through the solve); by default every score call runs under ``torch.no_grad()``.
 
     Attributes:
         nfe: number of score evaluations so far.
@@ -222,12 +312,31 @@ class ProbabilityFlowODE(_ScoreCaller):
         score_fn: ScoreFn,
         *,
         data_shape: Optional[Sequence[int]] = None,
-        check_finite: bool = True,
+        check_finite: Any = "end",
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        differentiable: bool = False,
     ) -> None:
-        super().__init__(sde, score_fn, data_shape, check_finite)
+        super().__init__(sde, score_fn, data_shape, check_finite, model_kwargs, differentiable)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         """Velocity :math:`dx/dt` at physical time ``t`` (0-d tensor), shape of ``x``."""
         t64 = as_time64(t)
-        g2 = expand_to(self.sde.diffusion2(t64), x)
-        return self.sde.drift(x, t64) - 0.5 * g2 * self.score(x, t64)
+        return pf_velocity(self.sde, x, self.score(x, t64), t64)
+
+
+def pf_velocity(sde: LinearSDE, x: Tensor, score: Tensor, t: Tensor) -> Tensor:
+    r"""The probability-flow velocity :math:`v = f(x, t) - \tfrac12 g(t)^2 s = a(t)\,x - \tfrac12 g(t)^2 s`.
+
+    The one implementation used by :class:`ProbabilityFlowODE`, the likelihood and every solve
+    of the PF-ODE in this library.
+
+    Args:
+        sde: the forward linear SDE.
+        x: state ``(B, *shape)``.
+        score: :math:`s(x, t)`, shape of ``x``.
+        t: float64 time, 0-d or ``(B,)``.
+
+    Returns:
+        :math:`v`, shape of ``x``.
+    """
+    return sde.drift(x, t) - 0.5 * expand_to(sde.diffusion2(t), x) * score

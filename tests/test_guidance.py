@@ -124,7 +124,8 @@ def test_guided_score_divergence_through_pf_ode_is_exact():
     so div(f - g^2 s / 2) = D a(t) + g^2 tr(P_t) / 2 in closed form.
     """
     sde, data, y = sg.VPSDE(), _mixture(), 1
-    ode = sg.ProbabilityFlowODE(sde, G.classifier_guidance(data.score_fn(sde), G.analytic_classifier(data, sde), y, 1.0))
+    ode = sg.ProbabilityFlowODE(sde, G.classifier_guidance(data.score_fn(sde), G.analytic_classifier(data, sde), y, 1.0),
+                                differentiable=True)
     t = torch.tensor(0.3, dtype=F64)
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(2), dtype=F64).requires_grad_(True)
     v = ode(t, x)
@@ -134,7 +135,7 @@ def test_guided_score_divergence_through_pf_ode_is_exact():
     expected = 2 * float(sde.drift_coef(t)) + 0.5 * float(sde.g2(t)) * float(torch.trace(P))
     assert torch.allclose(div, torch.full_like(div, expected), rtol=1e-9)
     # negative control: the unguided mixture's divergence differs from the component's
-    ode_u = sg.ProbabilityFlowODE(sde, data.score_fn(sde))
+    ode_u = sg.ProbabilityFlowODE(sde, data.score_fn(sde), differentiable=True)
     vu = ode_u(t, x)
     div_u = sum(torch.autograd.grad(vu[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(2))
     assert not torch.allclose(div_u, torch.full_like(div_u, expected), rtol=1e-3)

@@ -64,7 +64,8 @@ CASES: List[Case] = [
     ("reverse-sde-not-linear", lambda: sg.ReverseSDE(object(), lambda x, t: x), TypeError, "sde"),
     ("reverse-sde-bad-type", lambda: sg.ReverseSDE(sg.VPSDE(), lambda x, t: x, sde_type="ito2"), ValueError, "sde_type"),
     ("score-wrong-shape", lambda: sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: x.sum(1))(torch.tensor(0.5), torch.zeros(2, 2)), ValueError, "score_fn returned shape"),
-    ("nan-score-during-solve", lambda: sg.ReverseSDE(sg.VPSDE(), _nan_score).f(torch.tensor(0.25, dtype=F64), torch.zeros(2, 2)), sg.NonFiniteError, "t=0.75"),
+    ("nan-score-during-solve", lambda: sg.ReverseSDE(sg.VPSDE(), _nan_score, check_finite="step").f(torch.tensor(0.25, dtype=F64), torch.zeros(2, 2)), sg.NonFiniteError, "t=0.75"),
+    ("nan-score-in-em-sampler-named-at-the-end", lambda: sg.euler_maruyama(sg.VPSDE(), _nan_score, torch.zeros(2, 2), sg.timesteps(sg.VPSDE(), 4)), sg.NonFiniteError, "t=1 "),
 ]
 
 

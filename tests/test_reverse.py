@@ -72,12 +72,22 @@ def test_non_finite_score_is_reported_with_time():
     def bad_score(x, t):
         return torch.full_like(x, float("nan"))
 
-    rsde = sg.ReverseSDE(sde, bad_score)
+    rsde = sg.ReverseSDE(sde, bad_score, check_finite="step")  # raise at the bad evaluation
     with pytest.raises(sg.NonFiniteError, match="t=0.7"):
         rsde.f(torch.tensor(0.3, dtype=F64), torch.zeros(2, 2, dtype=F64))
-    ode = sg.ProbabilityFlowODE(sde, bad_score)
+    ode = sg.ProbabilityFlowODE(sde, bad_score, check_finite="step")
     with pytest.raises(sg.NonFiniteError, match="score_fn"):
         ode(torch.tensor(0.5), torch.zeros(2, 2))
+    # default "end": evaluations record a device-side flag; the check names the first bad time
+    good_then_bad = sg.ReverseSDE(sde, lambda x, t: x * (1.0 if float(t) > 0.5 else float("-inf")))
+    good_then_bad.f(torch.tensor(0.2, dtype=F64), torch.ones(2, 2, dtype=F64))  # t = 0.8: finite
+    good_then_bad.raise_if_nonfinite()  # nothing bad so far
+    good_then_bad.f(torch.tensor(0.3, dtype=F64), torch.ones(2, 2, dtype=F64))  # t = 0.7: finite
+    good_then_bad.f(torch.tensor(0.6, dtype=F64), torch.ones(2, 2, dtype=F64))  # t = 0.4: -inf
+    good_then_bad.f(torch.tensor(0.7, dtype=F64), torch.ones(2, 2, dtype=F64))  # t = 0.3: -inf
+    with pytest.raises(sg.NonFiniteError, match=r"t=0\.4 \(evaluation 2 of 3\)"):
+        good_then_bad.raise_if_nonfinite()
+    good_then_bad.raise_if_nonfinite()  # the records were consumed
 
 
 def test_bad_construction():

@@ -14,7 +14,7 @@ whose ``x`` holds the samples ``(B, *shape)``. A step goes from :math:`t = t_i` 
 from __future__ import annotations
 
 import time as _time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import torch
 
@@ -25,29 +25,70 @@ from ..solution import Solution
 
 Tensor = torch.Tensor
 
-__all__ = ["Run", "check_ts", "tweedie_x0", "tweedie_denoise"]
+__all__ = ["Run", "Callback", "check_ts", "tweedie_x0", "tweedie_denoise"]
+
+#: Per-step callback: ``callback({"i": step, "t": time reached, "x": state, "denoised": x0_hat or None})``.
+Callback = Callable[[Dict[str, Any]], Any]
 
 
 class Run:
-    """Validated inputs and per-grid schedule values shared by the samplers.
+    r"""Validated inputs and per-grid schedule values shared by the samplers.
+
+    Every sampler takes the same common keyword arguments and hands them to :class:`Run`:
+
+    * ``model_kwargs``: keyword arguments for every ``score_fn(x, t, **model_kwargs)`` call
+      (class labels, conditioning inputs);
+    * ``callback``: called after every step as ``callback({"i", "t", "x", "denoised"})`` with the
+      step index, the time reached (0-d float64 tensor on ``x``'s device), the state and the
+      sampler's data estimate :math:`\hat x_0` where it forms one (else ``None``);
+    * ``differentiable``: build the autograd graph through the solve (default ``False``: the
+      score runs under ``torch.no_grad()``, ``x_T`` is detached, no graph crosses steps);
+    * ``check_finite``: ``"end"`` (default: one host synchronisation after the solve, the error
+      naming the first bad time), ``"step"`` (raise at once) or ``"off"``.
+
+    Device rule: time tensors handed to the score live on ``x_T``'s device and random draws use
+    ``generator``, which must be on that device; nothing in the step loop synchronises with
+    the host.
 
     Attributes:
-        t: list of grid times (floats, decreasing); ``tt`` the same as 0-d float64 tensors.
-        alpha, sigma, a, g2: lists of :math:`\\alpha, \\sigma, (\\log\\alpha)', g^2` on the grid.
+        t: list of grid times (floats, decreasing); ``tt`` the same as 0-d float64 tensors on ``x_T``'s device.
+        alpha, sigma, a, g2: lists of :math:`\alpha, \sigma, (\log\alpha)', g^2` on the grid.
     """
 
-    def __init__(self, name: str, sde: Any, score_fn: Any, x_T: Any, ts: Any, generator: Optional[torch.Generator]) -> None:
+    def __init__(
+        self,
+        name: str,
+        sde: Any,
+        score_fn: Any,
+        x_T: Any,
+        ts: Any,
+        generator: Optional[torch.Generator],
+        *,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        callback: Optional[Callback] = None,
+        differentiable: bool = False,
+        check_finite: Any = "end",
+    ) -> None:
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
         self.x_T = check_batch("x_T", x_T)
         if not bool(torch.isfinite(self.x_T).all()):
             raise ValueError("x_T contains NaN or inf")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            if torch.device(generator.device).type != self.x_T.device.type:
+                raise ValueError(f"generator is on {generator.device} but x_T is on {self.x_T.device}: "
+                                 "random draws follow x_T's device, pass a generator on that device")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable as callback(info_dict), got {type(callback).__name__}")
         ts = check_ts(ts, sde)
-        self.name, self.sde, self.generator = name, sde, generator
-        self.caller = _ScoreCaller(sde, score_fn, None, True)
-        self.tt = [ts[i] for i in range(ts.numel())]
+        self.name, self.sde, self.generator, self.callback = name, sde, generator, callback
+        self.caller = _ScoreCaller(sde, score_fn, None, check_finite, model_kwargs, differentiable)
+        if not differentiable:
+            self.x_T = self.x_T.detach()
+        ts_x = ts.to(self.x_T.device)
+        self.tt = [ts_x[i] for i in range(ts_x.numel())]
         self.t = ts.tolist()
         self.alpha = torch.exp(sde.log_alpha(ts)).tolist()
         self.sigma = torch.sqrt(sde.sigma2(ts)).tolist()
@@ -56,13 +97,16 @@ class Run:
         self.start = _time.perf_counter()
 
     def score(self, x: Tensor, i_or_t: Any) -> Tensor:
+        """The score at ``x`` and grid index ``i`` (an int) or a time tensor."""
         t = self.tt[i_or_t] if isinstance(i_or_t, int) else i_or_t
         return self.caller.score(x, t)
 
     def noise(self, x: Tensor) -> Tensor:
+        """A standard normal draw of ``x``'s shape, dtype and device from the run's generator."""
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
 
     def steps(self, progress: bool) -> Iterable[int]:
+        """Step indices ``0 .. len(ts) - 2``, with a tqdm bar if ``progress``."""
         rng = range(len(self.t) - 1)
         if progress:
             from tqdm.auto import tqdm
@@ -70,9 +114,20 @@ class Run:
             return tqdm(rng, desc=self.name, leave=False)
         return rng
 
+    def done(self, i: int, x: Tensor, denoised: Optional[Tensor] = None) -> None:
+        """Report the end of step ``i`` (now at ``ts[i + 1]``) to the callback, if any."""
+        if self.callback is None:
+            return
+        try:
+            self.callback({"i": i, "t": self.tt[i + 1], "x": x, "denoised": denoised})
+        except Exception as err:
+            raise ValueError(f"callback raised {type(err).__name__} at step {i} (t={self.t[i + 1]:.6g}): {err}") from err
+
     def finish(self, x: Tensor, denoise: bool, **extra: Any) -> Solution:
+        """Optionally denoise, check finiteness once, and wrap the result in a :class:`~sdesolve_gen.Solution`."""
         if denoise:
             x = tweedie_x0(x, self.score(x, len(self.t) - 1), self.alpha[-1], self.sigma[-1])
+        self.caller.raise_if_nonfinite()
         return Solution(
             x=x,
             method=self.name,

@@ -9,7 +9,7 @@ blocks it is biased (see :doc:`/guidance` for measured numbers, and
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -17,7 +17,7 @@ from .._checks import check_batch, check_tensor
 from ..reverse import ScoreFn
 from ..sde import LinearSDE
 from ..solution import Solution
-from ._run import Run
+from ._run import Callback, Run
 from .langevin import PREDICTORS, langevin_step
 from .sde import reverse_diffusion_step
 
@@ -63,6 +63,10 @@ def inpaint(
     snr: float = 0.16,
     n_corrector_steps: int = 1,
     progress: bool = False,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None,
+    differentiable: bool = False,
+    check_finite: str = "end",
 ) -> Solution:
     r"""Inpainting / imputation by replacement (Song et al. 2021, appendix I.2).
 
@@ -96,6 +100,8 @@ def inpaint(
         x_T: optional initial state ``(B, *shape)``.
         snr, n_corrector_steps: Langevin corrector settings for ``"pc"``.
         progress: tqdm progress bar.
+        model_kwargs, callback, differentiable, check_finite: as for every sampler
+            (:class:`~sdesolve_gen.samplers.Run`).
 
     Returns:
         :class:`~sdesolve_gen.Solution` with the samples ``x`` of shape ``(B, *shape)`` in
@@ -120,7 +126,7 @@ def inpaint(
             raise ValueError(f"snr must be a number > 0, got {snr!r}")
         if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) or n_corrector_steps < 0:
             raise ValueError(f"n_corrector_steps must be an int >= 0, got {n_corrector_steps!r}")
-    run = Run(f"inpaint[{sampler}]", sde, score_fn, x_T, ts, generator)
+    run = Run(f"inpaint[{sampler}]", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     z_fixed = run.noise(x_known) if sampler == "ode" else None
 
     def replace(x: Tensor, i: int) -> Tensor:
@@ -139,5 +145,6 @@ def inpaint(
         else:
             x = PREDICTORS[sampler](run, x, i)
         x = replace(x, i + 1)
+        run.done(i, x)
     x = torch.where(m, x_known, x)
     return run.finish(x, False, sampler=sampler)

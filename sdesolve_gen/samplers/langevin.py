@@ -9,14 +9,14 @@ Langevin dynamics :math:`x \leftarrow x + \epsilon\, s(x) + \sqrt{2\epsilon}\, z
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
 from ..reverse import ScoreFn
 from ..sde import LinearSDE
 from ..solution import Solution
-from ._run import Run
+from ._run import Callback, Run
 from .sde import ancestral_step, em_step, reverse_diffusion_step
 
 Tensor = torch.Tensor
@@ -55,7 +55,9 @@ def langevin_step(run: Run, x: Tensor, i: int, snr: float, alpha_i: float = 1.0)
 
 def annealed_langevin(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False, n_steps_each: int = 10, step_lr: float = 2e-5,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    n_steps_each: int = 10, step_lr: float = 2e-5,
 ) -> Solution:
     r"""Annealed Langevin dynamics of NCSN (Song & Ermon 2019), on the grid's noise levels.
 
@@ -69,7 +71,7 @@ def annealed_langevin(
         raise ValueError(f"n_steps_each must be an int >= 1, got {n_steps_each!r}")
     if not (isinstance(step_lr, (int, float)) and step_lr > 0):
         raise ValueError(f"step_lr must be a number > 0, got {step_lr!r}")
-    run = Run("annealed_langevin", sde, score_fn, x_T, ts, generator)
+    run = Run("annealed_langevin", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     x = run.x_T
     sig_L2 = run.sigma[-1] ** 2
     if step_lr >= 2.0 * sig_L2:
@@ -85,6 +87,8 @@ def annealed_langevin(
         a_i = step_lr * run.sigma[i] ** 2 / sig_L2
         for _ in range(n_steps_each):
             x = x + 0.5 * a_i * run.score(x, i) + math.sqrt(a_i) * run.noise(x)
+        if i + 1 < len(run.t):
+            run.done(i, x)
     return run.finish(x, denoise, n_steps_each=n_steps_each, step_lr=step_lr)
 
 
@@ -98,7 +102,9 @@ PREDICTORS = {
 
 def predictor_corrector(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False, predictor: Union[str, StepFn, None] = "reverse_diffusion",
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    predictor: Union[str, StepFn, None] = "reverse_diffusion",
     corrector: Optional[str] = "langevin", snr: float = 0.16, n_corrector_steps: int = 1,
 ) -> Solution:
     r"""Predictor-corrector sampling (Song et al. 2021, Algorithm 1-3).
@@ -130,7 +136,7 @@ def predictor_corrector(
         raise ValueError(f"snr must be a number > 0, got {snr!r}")
     if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) or n_corrector_steps < 0:
         raise ValueError(f"n_corrector_steps must be an int >= 0, got {n_corrector_steps!r}")
-    run = Run("predictor_corrector", sde, score_fn, x_T, ts, generator)
+    run = Run("predictor_corrector", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     x = run.x_T
     for i in run.steps(progress):
         if corrector is not None:
@@ -139,6 +145,7 @@ def predictor_corrector(
                 x = langevin_step(run, x, i, snr, alpha_i)
         if pred is not None:
             x = pred(run, x, i)
+        run.done(i, x)
     name = getattr(predictor, "__name__", str(predictor))
     sol = run.finish(x, denoise, predictor=name, corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps)
     sol.method = f"pc[{name}+{corrector}]"

@@ -7,7 +7,7 @@ unused (the samplers are deterministic given ``x_T``).
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -15,7 +15,7 @@ from ..integrate import ADAPTIVE_ODE_METHODS, odeint, t_of_lambda
 from ..reverse import ProbabilityFlowODE, ScoreFn
 from ..sde import LinearSDE, VPSDE
 from ..solution import Solution
-from ._run import Run, tweedie_x0
+from ._run import Callback, Run, tweedie_x0
 
 Tensor = torch.Tensor
 
@@ -24,14 +24,25 @@ __all__ = ["ode", "heun", "dpm_solver", "dpm_solver_pp_2m", "vp_t_of_lambda"]
 
 def ode(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
 ) -> Solution:
     r"""Probability-flow ODE :math:`dx/dt = f - \tfrac12 g^2 s` from ``ts[0]`` to ``ts[-1]`` with a
     torchdiffeq solver (adaptive ``dopri5`` by default, tolerances explicit). Only the end
     points of ``ts`` are used by adaptive methods; fixed-step methods step on ``ts``.
-    ``generator`` is unused (the sampler is deterministic given ``x_T``)."""
-    run = Run("ode", sde, score_fn, x_T, ts, generator)
-    func = ProbabilityFlowODE(sde, score_fn)
+    ``generator`` is unused (the sampler is deterministic given ``x_T``). ``callback`` is
+    torchdiffeq's step callback: it sees the state at the *start* of each (accepted) step."""
+    run = Run("ode", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    func = ProbabilityFlowODE(sde, score_fn, model_kwargs=model_kwargs, differentiable=differentiable, check_finite=check_finite)
+    if callback is not None:
+        steps = {"k": 0}
+
+        def on_step(t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+            callback({"i": steps["k"], "t": t0, "x": y0, "denoised": None})
+            steps["k"] += 1
+
+        setattr(func, "callback_accept_step" if method in ADAPTIVE_ODE_METHODS else "callback_step", on_step)
     grid = torch.stack([run.tt[0], run.tt[-1]]) if method in ADAPTIVE_ODE_METHODS else torch.stack(run.tt)
     sol = odeint(func, run.x_T, grid, method=method, rtol=rtol, atol=atol, save="final", progress=progress)
     run.caller.nfe = func.nfe
@@ -43,7 +54,9 @@ def ode(
 
 def heun(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False, last_euler: bool = True,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    last_euler: bool = True,
 ) -> Solution:
     r"""Heun's second-order method on the PF-ODE in EDM's variables (Karras et al. 2022, Alg. 1).
 
@@ -59,7 +72,7 @@ def heun(
     with :math:`\tilde d` the slope at :math:`(\tilde x, t_{i+1})`. 2 evaluations per step; with
     ``last_euler`` the final step is Euler (1 evaluation), as in EDM.
     """
-    run = Run("heun", sde, score_fn, x_T, ts, generator)
+    run = Run("heun", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     sbar = [s / a for s, a in zip(run.sigma, run.alpha)]
     xbar = run.x_T / run.alpha[0]
     n = len(run.t) - 1
@@ -67,11 +80,13 @@ def heun(
         d = -run.sigma[i] * run.score(xbar * run.alpha[i], i)
         ds = sbar[i + 1] - sbar[i]
         x_euler = xbar + ds * d
+        denoised = xbar - sbar[i] * d if run.callback is not None else None  # Tweedie: d = (xbar - x0_hat) / sbar
         if last_euler and i == n - 1:
             xbar = x_euler
-            continue
-        d2 = -run.sigma[i + 1] * run.score(x_euler * run.alpha[i + 1], i + 1)
-        xbar = xbar + ds * 0.5 * (d + d2)
+        else:
+            d2 = -run.sigma[i + 1] * run.score(x_euler * run.alpha[i + 1], i + 1)
+            xbar = xbar + ds * 0.5 * (d + d2)
+        run.done(i, xbar * run.alpha[i + 1], denoised)
     return run.finish(xbar * run.alpha[-1], denoise)
 
 
@@ -112,7 +127,9 @@ def _lambdas(run: Run) -> List[float]:
 
 def dpm_solver(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False, order: int = 2,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    order: int = 2,
 ) -> Solution:
     r"""Singlestep DPM-Solver-1/2/3 (Lu et al. 2022), an exponential integrator in
     :math:`\lambda = \log(\alpha/\sigma)` with the noise prediction :math:`\hat\epsilon = -\sigma s`.
@@ -131,7 +148,7 @@ def dpm_solver(
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    run = Run(f"dpm_solver{order}", sde, score_fn, x_T, ts, generator)
+    run = Run(f"dpm_solver{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     n = len(run.t) - 1
     r1, r2 = (0.5, None) if order == 2 else (1 / 3, 2 / 3)
@@ -141,6 +158,7 @@ def dpm_solver(
         tm = _t_of_lambda(sde, torch.tensor(want, dtype=torch.float64), run.t[-1], run.t[0])
         am = torch.exp(sde.log_alpha(tm)).tolist()
         sm = torch.sqrt(sde.sigma2(tm)).tolist()
+        tm = tm.to(run.x_T.device)  # device rule: the score sees times on x's device
         k = 1 if order == 2 else 2
         for i in range(n):
             mids[i] = [(tm[i * k + j], am[i * k + j], sm[i * k + j]) for j in range(k)]
@@ -153,25 +171,28 @@ def dpm_solver(
         a_t, s_t, a_s, s_s = run.alpha[i], run.sigma[i], run.alpha[i + 1], run.sigma[i + 1]
         h = lam[i + 1] - lam[i]
         e_t = eps_hat(x, i, s_t)
+        denoised = (x - s_t * e_t) / a_t if run.callback is not None else None
         if order == 1:
             x = (a_s / a_t) * x - s_s * math.expm1(h) * e_t
-            continue
-        t1, a1, s1 = mids[i][0]
-        u1 = (a1 / a_t) * x - s1 * math.expm1(r1 * h) * e_t
-        d1 = eps_hat(u1, t1, s1) - e_t
-        if order == 2:
-            x = (a_s / a_t) * x - s_s * math.expm1(h) * e_t - (s_s / (2 * r1)) * math.expm1(h) * d1
-            continue
-        t2, a2, s2 = mids[i][1]
-        u2 = (a2 / a_t) * x - s2 * math.expm1(r2 * h) * e_t - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1
-        d2 = eps_hat(u2, t2, s2) - e_t
-        x = (a_s / a_t) * x - s_s * math.expm1(h) * e_t - (s_s / r2) * (math.expm1(h) / h - 1) * d2
+        else:
+            t1, a1, s1 = mids[i][0]
+            u1 = (a1 / a_t) * x - s1 * math.expm1(r1 * h) * e_t
+            d1 = eps_hat(u1, t1, s1) - e_t
+            if order == 2:
+                x = (a_s / a_t) * x - s_s * math.expm1(h) * e_t - (s_s / (2 * r1)) * math.expm1(h) * d1
+            else:
+                t2, a2, s2 = mids[i][1]
+                u2 = (a2 / a_t) * x - s2 * math.expm1(r2 * h) * e_t - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * d1
+                d2 = eps_hat(u2, t2, s2) - e_t
+                x = (a_s / a_t) * x - s_s * math.expm1(h) * e_t - (s_s / r2) * (math.expm1(h) / h - 1) * d2
+        run.done(i, x, denoised)
     return run.finish(x, denoise, order=order)
 
 
 def dpm_solver_pp_2m(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
 ) -> Solution:
     r"""Multistep DPM-Solver++(2M) (Lu et al. 2022b): data prediction :math:`\hat x_0` (Tweedie),
     one evaluation per step.
@@ -183,7 +204,7 @@ def dpm_solver_pp_2m(
 
     with :math:`D_0 = \hat x_0^{(0)}` (first step first order).
     """
-    run = Run("dpm_solver_pp_2m", sde, score_fn, x_T, ts, generator)
+    run = Run("dpm_solver_pp_2m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     x, prev_x0, prev_h = run.x_T, None, None
     for i in run.steps(progress):
@@ -196,4 +217,5 @@ def dpm_solver_pp_2m(
             D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
         x = (run.sigma[i + 1] / run.sigma[i]) * x - run.alpha[i + 1] * math.expm1(-h) * D
         prev_x0, prev_h = x0, h
+        run.done(i, x, x0)
     return run.finish(x, denoise)

@@ -8,7 +8,7 @@ evaluation). NaN/inf in a score raises :class:`~sdesolve_gen.NonFiniteError` nam
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
@@ -16,7 +16,7 @@ from .._checks import check_positive
 from ..reverse import ScoreFn
 from ..sde import LinearSDE
 from ..solution import Solution
-from ._run import Run, tweedie_x0
+from ._run import Callback, Run, tweedie_x0
 
 Tensor = torch.Tensor
 
@@ -25,7 +25,8 @@ __all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "adaptive_sde", "
 
 def euler_maruyama(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
 ) -> Solution:
     r"""Euler-Maruyama on the reverse-time SDE.
 
@@ -33,10 +34,11 @@ def euler_maruyama(
 
     One score evaluation per step; weak order 1 (strong order 1 here, the noise being additive).
     """
-    run = Run("euler_maruyama", sde, score_fn, x_T, ts, generator)
+    run = Run("euler_maruyama", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     x = run.x_T
     for i in run.steps(progress):
         x = em_step(run, x, i)
+        run.done(i, x)
     return run.finish(x, denoise)
 
 
@@ -62,7 +64,8 @@ def reverse_diffusion_step(run: Run, x: Tensor, i: int) -> Tensor:
 
 def reverse_diffusion(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
 ) -> Solution:
     r"""The reverse-diffusion predictor of Song et al. (2021).
 
@@ -74,10 +77,11 @@ def reverse_diffusion(
 
     .. math:: x_{t_{i+1}} = x_{t_i} - f_i + G_i^2\, s(x_{t_i}, t_i) + G_i z .
     """
-    run = Run("reverse_diffusion", sde, score_fn, x_T, ts, generator)
+    run = Run("reverse_diffusion", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     x = run.x_T
     for i in run.steps(progress):
         x = reverse_diffusion_step(run, x, i)
+        run.done(i, x)
     return run.finish(x, denoise)
 
 
@@ -92,7 +96,8 @@ def ancestral_step(run: Run, x: Tensor, i: int) -> Tensor:
 
 def ancestral(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
 ) -> Solution:
     r"""Ancestral sampling: draw :math:`x_s \sim q(x_s \mid x_t, \hat x_0)`, the exact Gaussian
     posterior of the forward chain with :math:`\hat x_0` from Tweedie.
@@ -108,16 +113,19 @@ def ancestral(
     :math:`x_{i-1} = x_i + (\sigma_i^2 - \sigma_{i-1}^2) s + \sqrt{\sigma_{i-1}^2(\sigma_i^2-\sigma_{i-1}^2)/\sigma_i^2}\,z`
     (Song et al. 2021, appendix).
     """
-    run = Run("ancestral", sde, score_fn, x_T, ts, generator)
+    run = Run("ancestral", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     x = run.x_T
     for i in run.steps(progress):
         x = ancestral_step(run, x, i)
+        run.done(i, x)
     return run.finish(x, denoise)
 
 
 def adaptive_sde(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
-    denoise: bool = False, progress: bool = False, rtol: float = 1e-2, atol: float = 1e-2, h_init: float = 1e-2,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    rtol: float = 1e-2, atol: float = 1e-2, h_init: float = 1e-2,
     theta: float = 0.9, r: float = 0.9, max_steps: int = 100_000,
 ) -> Solution:
     r"""Adaptive-step reverse SDE solver of Jolicoeur-Martineau et al. (2021), "Gotta Go Fast".
@@ -132,7 +140,7 @@ def adaptive_sde(
     Two evaluations per attempt. Only ``ts[0]`` and ``ts[-1]`` are used.
     """
     rtol, atol, h = check_positive("rtol", rtol), check_positive("atol", atol), check_positive("h_init", h_init)
-    run = Run("adaptive_sde", sde, score_fn, x_T, ts, generator)
+    run = Run("adaptive_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     t, t_end = run.t[0], run.t[-1]
     x = run.x_T
     x_prev = x
@@ -164,6 +172,8 @@ def adaptive_sde(
             t -= h
             x, x_prev = x2, x1
             accepted += 1
+            if run.callback is not None:
+                run.callback({"i": accepted - 1, "t": tn, "x": x, "denoised": None})
             if bar is not None:
                 bar.update(h)
         else:
