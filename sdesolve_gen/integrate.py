@@ -46,33 +46,13 @@ _STRATONOVICH_ONLY = {"heun", "midpoint", "reversible_heun", "euler_heun", "log_
 # ---------------------------------------------------------------------------------- time grids
 
 
-def _half_log_snr(sde: LinearSDE, t: Tensor) -> Tensor:
-    r""":math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)` (strictly decreasing in t)."""
-    return sde.log_alpha(t) - 0.5 * torch.log(sde.sigma2(t))
+def t_of_lambda(sde: LinearSDE, lam: Tensor) -> Tensor:
+    r"""The time with half-log-SNR :math:`\lambda(t) = \log(\alpha/\sigma)` = ``lam`` (float64).
 
-
-def t_of_lambda(sde: LinearSDE, lam: Tensor, *, lo: Optional[float] = None, hi: Optional[float] = None) -> Tensor:
-    r"""Invert :math:`\lambda(t) = \log(\alpha/\sigma)` by vectorised bisection (float64).
-
-    :math:`\lambda` is strictly decreasing for every SDE here (the SNR falls with t), so 100
-    bisection steps on ``[lo, hi]`` (default ``[0, T]``) reach float64 resolution.
-
-    Args:
-        sde: a linear SDE.
-        lam: target half-log-SNR values, any shape.
-
-    Returns:
-        times with ``lambda(t) = lam``, same shape as ``lam`` (float64).
+    Delegates to :meth:`~sdesolve_gen.sde.LinearSDE.t_of_lambda`: closed forms for VP, sub-VP,
+    VE, cosine and EDM, vectorised bisection for custom schedules.
     """
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    a = torch.full_like(lam, 0.0 if lo is None else lo)
-    b = torch.full_like(lam, sde.T if hi is None else hi)
-    for _ in range(100):
-        mid = 0.5 * (a + b)
-        too_early = _half_log_snr(sde, mid) > lam  # lambda(mid) > target -> t is later
-        a = torch.where(too_early, mid, a)
-        b = torch.where(too_early, b, mid)
-    return 0.5 * (a + b)
+    return sde.t_of_lambda(torch.as_tensor(lam, dtype=torch.float64))
 
 
 def timesteps(
@@ -124,8 +104,8 @@ def timesteps(
     if kind == "uniform":
         ts = T + u * (eps - T)
     elif kind in ("logsnr", "edm"):
-        lam_T = _half_log_snr(sde, torch.tensor(T, dtype=torch.float64))
-        lam_e = _half_log_snr(sde, torch.tensor(eps, dtype=torch.float64))
+        lam_T = sde.half_log_snr(torch.tensor(T, dtype=torch.float64))
+        lam_e = sde.half_log_snr(torch.tensor(eps, dtype=torch.float64))
         if kind == "logsnr":
             lam = lam_T + u * (lam_e - lam_T)
         else:
@@ -133,7 +113,7 @@ def timesteps(
             s_max, s_min = torch.exp(-lam_T), torch.exp(-lam_e)
             sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
             lam = -torch.log(sig)
-        ts = t_of_lambda(sde, lam, lo=eps, hi=T)
+        ts = sde.t_of_lambda(lam)
     else:
         raise ValueError(f"kind must be 'uniform', 'logsnr' or 'edm', got {kind!r}")
     ts[0], ts[-1] = T, eps

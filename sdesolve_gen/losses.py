@@ -38,7 +38,6 @@ import torch
 from scipy import integrate as _integrate
 
 from ._checks import check_batch
-from .integrate import t_of_lambda
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -93,7 +92,7 @@ def sample_time(
     else:
         ls_e = float(sde.log_snr(eps))
         ls_T = float(sde.log_snr(sde.T))
-        t = t_of_lambda(sde, 0.5 * (ls_e - u.cpu() * (ls_e - ls_T)), lo=eps, hi=sde.T)
+        t = sde.t_of_lambda(0.5 * (ls_e - u.cpu() * (ls_e - ls_T)))
     return t.to(device) if device is not None else t
 
 

@@ -153,6 +153,33 @@ class LinearSDE:
 
     # ------------------------------------------------------------------ public, checked
 
+    def half_log_snr(self, t: Tensor) -> Tensor:
+        r""":math:`\lambda(t) = \log\alpha(t) - \log\sigma(t)` (strictly decreasing in t), float64 tensors."""
+        return self.log_alpha(t) - 0.5 * torch.log(self.sigma2(t))
+
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        r"""Invert :math:`\lambda(t) = \log(\alpha/\sigma)`: the time with half-log-SNR ``lam``.
+
+        Subclasses give closed forms; this generic version (custom schedules) bisects on
+        :math:`[0, T]` 100 times, which reaches float64 resolution since :math:`\lambda` is
+        strictly decreasing.
+
+        Args:
+            lam: half-log-SNR values, any shape (float64).
+
+        Returns:
+            float64 times of the same shape.
+        """
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        a = torch.zeros_like(lam)
+        b = torch.full_like(lam, self.T)
+        for _ in range(100):
+            mid = 0.5 * (a + b)
+            too_early = self.half_log_snr(mid) > lam  # lambda(mid) > target -> t is later
+            a = torch.where(too_early, mid, a)
+            b = torch.where(too_early, b, mid)
+        return 0.5 * (a + b)
+
     def time(self, t: TimeLike, *, name: str = "t", batch: Optional[int] = None) -> Tensor:
         """Validate a time argument and return it as a float64 tensor (0-d or ``(B,)``).
 
@@ -362,6 +389,12 @@ class VESDE(LinearSDE):
     def dsigma2_dt(self, t: Tensor) -> Tensor:
         return (2.0 * self._log_ratio / self.T) * self.sigma2(t)
 
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        r"""Closed form: :math:`\lambda = -\log\sigma_{\min} - (t/T)\log(\sigma_{\max}/\sigma_{\min})`,
+        so :math:`t = T(-\lambda - \log\sigma_{\min}) / \log(\sigma_{\max}/\sigma_{\min})`."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        return self.T * (-lam - math.log(self.sigma_min)) / self._log_ratio
+
     def __repr__(self) -> str:
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, T={self.T}, eps={self.eps})"
 
@@ -387,6 +420,12 @@ class _BetaLinearSDE(LinearSDE):
     def int_beta(self, t: Tensor) -> Tensor:
         r""":math:`B(t) = \int_0^t \beta = \beta_{\min} t + \tfrac12 (\beta_{\max}-\beta_{\min}) t^2`."""
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def t_of_int_beta(self, B: Tensor) -> Tensor:
+        r"""Invert :math:`B(t) = \int_0^t\beta = \beta_0 t + \tfrac12(\beta_1 - \beta_0)t^2` stably:
+        :math:`t = 2B / (\beta_0 + \sqrt{\beta_0^2 + 2(\beta_1 - \beta_0)B})`."""
+        b0, b1 = float(self.beta_min), float(self.beta_max)
+        return 2.0 * B / (b0 + torch.sqrt(b0 * b0 + 2.0 * (b1 - b0) * B))
 
     def log_alpha(self, t: Tensor) -> Tensor:
         return -0.5 * self.int_beta(t)
@@ -430,6 +469,12 @@ class VPSDE(_BetaLinearSDE):
     def diffusion2(self, t: Tensor) -> Tensor:
         return self.beta(t)
 
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        r"""Closed form (Lu et al. 2022, appendix): :math:`e^{2\lambda} = \alpha^2/(1-\alpha^2)` gives
+        :math:`B = -\log\alpha^2 = \mathrm{softplus}(-2\lambda)`, then :meth:`t_of_int_beta`."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        return self.t_of_int_beta(torch.nn.functional.softplus(-2.0 * lam))
+
 
 class SubVPSDE(_BetaLinearSDE):
     r"""Sub-VP SDE (Song et al. 2021): VP's drift with a smaller diffusion.
@@ -460,6 +505,15 @@ class SubVPSDE(_BetaLinearSDE):
 
     def diffusion2(self, t: Tensor) -> Tensor:
         return -self.beta(t) * torch.expm1(-2.0 * self.int_beta(t))
+
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        r"""Closed form: with :math:`u = \alpha = e^{-B/2}` and :math:`\sigma = 1 - u^2`,
+        :math:`e^\lambda = u/(1-u^2)` is the quadratic :math:`e^\lambda u^2 + u - e^\lambda = 0`, so
+        :math:`u = 2e^\lambda/(1 + \sqrt{1 + 4e^{2\lambda}})`, :math:`B = -2\log u`, then :meth:`t_of_int_beta`."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        # log u = lambda + log 2 - log(1 + sqrt(1 + 4 e^{2 lambda})), evaluated without overflow
+        log_u = lam + math.log(2.0) - torch.logaddexp(torch.zeros_like(lam), 0.5 * torch.logaddexp(torch.zeros_like(lam), 2.0 * lam + math.log(4.0)))
+        return self.t_of_int_beta(-2.0 * log_u)
 
 
 class CosineVPSDE(LinearSDE):
@@ -502,6 +556,14 @@ class CosineVPSDE(LinearSDE):
     def dsigma2_dt(self, t: Tensor) -> Tensor:
         return -2.0 * torch.exp(2.0 * self.log_alpha(t)) * self.dlog_alpha_dt(t)
 
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        r"""Closed form: :math:`\alpha^2 = \mathrm{sigmoid}(2\lambda)`, :math:`\cos\phi(t) = \alpha\cos\phi(0)`,
+        :math:`t = \tfrac{2}{\pi}(1+s)\,\phi - s`."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        alpha = torch.exp(0.5 * torch.nn.functional.logsigmoid(2.0 * lam))
+        phase = torch.arccos(alpha * math.exp(self._log_cos0))
+        return phase * (1.0 + self.s) / (0.5 * math.pi) - self.s
+
     def __repr__(self) -> str:
         return f"CosineVPSDE(s={self.s}, T={self.T}, eps={self.eps})"
 
@@ -538,6 +600,10 @@ class EDMSDE(LinearSDE):
 
     def dsigma2_dt(self, t: Tensor) -> Tensor:
         return 2.0 * t
+
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        r"""Closed form: :math:`\alpha = 1`, :math:`\sigma = t`, so :math:`t = e^{-\lambda}`."""
+        return torch.exp(-torch.as_tensor(lam, dtype=torch.float64))
 
     def __repr__(self) -> str:
         return f"EDMSDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"

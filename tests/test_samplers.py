@@ -178,16 +178,6 @@ def test_dpm_solver_1_is_ddim(sde):
     assert not torch.allclose(x2, y, rtol=1e-4, atol=1e-4)  # control: order 2 is a different rule
 
 
-def test_vp_closed_form_lambda_inverse():
-    sde = sg.VPSDE()
-    t = torch.linspace(sde.eps, sde.T, 101, dtype=F64)
-    lam = sde.log_alpha(t) - 0.5 * torch.log(sde.sigma2(t))
-    assert torch.allclose(S.vp_t_of_lambda(sde, lam), t, rtol=0, atol=1e-12)
-    assert torch.allclose(t_of_lambda(sde, lam), t, rtol=0, atol=1e-12)  # bisection agrees
-    wrong = S.vp_t_of_lambda(sg.VPSDE(beta_max=10.0), lam)  # control: wrong schedule
-    assert (wrong - t).abs().max() > 1e-2
-
-
 # ------------------------------------------------------------------ PF-ODE invertibility
 
 

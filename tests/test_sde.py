@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
 import sdesolve_gen as sg
+from sdesolve_gen.sde import LinearSDE
 
 F64 = torch.float64
 
@@ -240,3 +241,41 @@ def test_time_batch_mismatch_and_bad_x():
         sde.prior_sample((0, 2))
     with pytest.raises(TypeError, match="shape"):
         sde.prior_sample(5)
+
+
+# ------------------------------------------------------------------ closed-form lambda inverses
+
+_CLOSED_FORMS = {
+    "vp": lambda: sg.VPSDE(beta_min=0.1, beta_max=20.0),
+    "subvp": lambda: sg.SubVPSDE(beta_min=0.1, beta_max=20.0),
+    "ve": lambda: sg.VESDE(sigma_min=0.01, sigma_max=50.0),
+    "cosine": lambda: sg.CosineVPSDE(),
+    "edm": lambda: sg.EDMSDE(sigma_min=0.002, sigma_max=80.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CLOSED_FORMS))
+@settings(max_examples=25, deadline=None)
+@given(u=st.floats(0.0, 1.0))
+def test_closed_form_t_of_lambda_inverts_lambda(name, u):
+    """Each schedule's closed-form inverse of lambda(t) = log(alpha/sigma) returns t (to 1e-9 relative),
+    and agrees with the generic bisection of the base class; a neighbouring schedule's inverse does not."""
+    sde = _CLOSED_FORMS[name]()
+    t = torch.tensor(sde.eps + u * (sde.T - sde.eps), dtype=torch.float64)
+    lam = sde.half_log_snr(t)
+    got = sde.t_of_lambda(lam)
+    assert abs(float(got - t)) <= 1e-9 * max(1.0, float(t))
+    assert abs(float(LinearSDE.t_of_lambda(sde, lam) - t)) <= 1e-9 * max(1.0, float(t))  # bisection agrees
+
+
+@pytest.mark.parametrize("name", sorted(_CLOSED_FORMS))
+def test_closed_form_t_of_lambda_rejects_the_wrong_schedule(name):
+    """Negative control: the inverse of a different schedule of the same family misses by > 1e-3."""
+    sde = _CLOSED_FORMS[name]()
+    other = {"vp": sg.VPSDE(beta_max=10.0), "subvp": sg.SubVPSDE(beta_max=10.0), "ve": sg.VESDE(sigma_max=20.0),
+             "cosine": sg.CosineVPSDE(s=0.05), "edm": sg.EDMSDE(sigma_min=0.002, sigma_max=80.0)}[name]
+    t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64) * sde.T
+    lam = sde.half_log_snr(t)
+    if name == "edm":  # EDM's sigma(t) = t has no free parameter: shift lambda instead
+        lam = lam + 0.01
+    assert float((other.t_of_lambda(lam) - t).abs().max()) > 1e-3

@@ -6,6 +6,9 @@ Run before and after a refactor that must not change behaviour and compare the t
     ... refactor ...
     OMP_NUM_THREADS=1 python tools/output_hashes.py | diff before.txt -
 
+``python tools/output_hashes.py OUT.pt`` also saves the outputs, to measure a difference that a
+deliberate numerical change (not a refactor) makes.
+
 Each line is ``name sha256(float64 bytes of the output)[:16]``. The script accepts both the old
 tuple returns and result objects (``.x``/``.ys``) so it can be run on either side of a change.
 """
@@ -38,7 +41,9 @@ def _hash(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().to(F64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def main() -> None:
+def main(save: str = "") -> None:
+    """Print the hashes; with ``save``, also ``torch.save`` the outputs there (to measure differences)."""
+    outputs = {}
     data = sg.analytic.GaussianMixture(
         torch.tensor([[-2.0, 0.5], [1.5, 1.0]], dtype=F64),
         torch.stack([0.3 * torch.eye(2, dtype=F64), 0.5 * torch.eye(2, dtype=F64)]),
@@ -81,14 +86,21 @@ def main() -> None:
         x_known = data.sample(8, generator=gen(), dtype=F64)
         calls["inpaint"] = lambda: sg.inpaint(sde, score, x_known, mask, ts, generator=gen())
         for name, fn in calls.items():
-            rows[f"{sde_name}.{name}"] = _hash(_tensor(fn()))
+            out = _tensor(fn())
+            rows[f"{sde_name}.{name}"] = _hash(out)
+            outputs[f"{sde_name}.{name}"] = out.detach().clone()
         x = data.sample(16, generator=gen(), dtype=F64)
         for div in ("exact", "hutchinson"):
             res = sg.log_likelihood(sde, score, x, divergence=div, n_probes=2, generator=gen(), rtol=1e-5, atol=1e-5)
             rows[f"{sde_name}.log_likelihood_{div}"] = _hash(res.log_prob)
+            outputs[f"{sde_name}.log_likelihood_{div}"] = res.log_prob.detach().clone()
     for k, v in rows.items():
         print(k, v)
+    if save:
+        torch.save(outputs, save)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -21,7 +21,7 @@ Modules: :mod:`~sdesolve_gen.samplers.sde` (reverse-SDE samplers),
 from ._run import Run, tweedie_denoise, tweedie_x0
 from .inpaint import INPAINT_SAMPLERS, inpaint
 from .langevin import annealed_langevin, langevin_step, predictor_corrector
-from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode, vp_t_of_lambda
+from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .registry import SAMPLERS, Registry, SamplerSpec, get_sampler
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
 
@@ -46,5 +46,4 @@ __all__ = [
     "INPAINT_SAMPLERS",
     "tweedie_x0",
     "tweedie_denoise",
-    "vp_t_of_lambda",
 ]

@@ -11,15 +11,15 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ..integrate import ADAPTIVE_ODE_METHODS, odeint, t_of_lambda
+from ..integrate import ADAPTIVE_ODE_METHODS, odeint
 from ..reverse import ProbabilityFlowODE, ScoreFn
-from ..sde import LinearSDE, VPSDE
+from ..sde import LinearSDE
 from ..solution import Solution
 from ._run import Callback, Run, tweedie_x0
 
 Tensor = torch.Tensor
 
-__all__ = ["ode", "heun", "dpm_solver", "dpm_solver_pp_2m", "vp_t_of_lambda"]
+__all__ = ["ode", "heun", "dpm_solver", "dpm_solver_pp_2m"]
 
 
 def ode(
@@ -90,37 +90,6 @@ def heun(
     return run.finish(xbar * run.alpha[-1], denoise)
 
 
-def vp_t_of_lambda(sde: VPSDE, lam: Tensor) -> Tensor:
-    r"""Closed-form inverse of :math:`\lambda(t) = \log(\alpha_t/\sigma_t)` for the VP SDE
-    (Lu et al. 2022, appendix).
-
-    With :math:`\log\alpha_t = -\tfrac14 t^2(\beta_1-\beta_0) - \tfrac12 t\beta_0` and
-    :math:`\sigma_t^2 = 1 - \alpha_t^2`, :math:`e^{2\lambda} = \alpha^2/(1-\alpha^2)` gives
-    :math:`L := -\log\alpha_t^2 = \mathrm{softplus}(-2\lambda)` and, solving the quadratic
-    :math:`\tfrac12(\beta_1-\beta_0)t^2 + \beta_0 t = L` stably,
-
-    .. math:: t(\lambda) = \frac{2L}{\beta_0 + \sqrt{\beta_0^2 + 2(\beta_1-\beta_0)L}} .
-
-    Args:
-        sde: a :class:`~sdesolve_gen.sde.VPSDE`.
-        lam: half-log-SNR values, any shape.
-
-    Returns:
-        float64 times of the same shape.
-    """
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    L = torch.nn.functional.softplus(-2.0 * lam)
-    b0, b1 = float(sde.beta_min), float(sde.beta_max)
-    return 2.0 * L / (b0 + torch.sqrt(b0 * b0 + 2.0 * (b1 - b0) * L))
-
-
-def _t_of_lambda(sde: LinearSDE, lam: Tensor, lo: float, hi: float) -> Tensor:
-    """Closed form for VP, vectorised bisection (:func:`~sdesolve_gen.integrate.t_of_lambda`) otherwise."""
-    if type(sde) is VPSDE:
-        return vp_t_of_lambda(sde, lam)
-    return t_of_lambda(sde, lam, lo=lo, hi=hi)
-
-
 def _lambdas(run: Run) -> List[float]:
     return [math.log(a / s) for a, s in zip(run.alpha, run.sigma)]
 
@@ -143,8 +112,8 @@ def dpm_solver(
     * order 3 (:math:`r_1 = \tfrac13, r_2 = \tfrac23`): the paper's Algorithm 2 (DPM-Solver-3).
 
     ``order`` evaluations per step; use a log-SNR-uniform grid (``timesteps(..., kind="logsnr")``).
-    Intermediate times come from inverting :math:`\lambda(t)`: closed form for VP
-    (:func:`vp_t_of_lambda`), vectorised bisection otherwise (once per call).
+    Intermediate times come from :meth:`~sdesolve_gen.sde.LinearSDE.t_of_lambda` (closed forms
+    for the built-in schedules, bisection for custom ones; once per call).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -155,7 +124,7 @@ def dpm_solver(
     mids: dict = {}
     if order > 1:
         want = [lam[i] + r * (lam[i + 1] - lam[i]) for i in range(n) for r in ((r1,) if order == 2 else (r1, r2))]
-        tm = _t_of_lambda(sde, torch.tensor(want, dtype=torch.float64), run.t[-1], run.t[0])
+        tm = sde.t_of_lambda(torch.tensor(want, dtype=torch.float64))
         am = torch.exp(sde.log_alpha(tm)).tolist()
         sm = torch.sqrt(sde.sigma2(tm)).tolist()
         tm = tm.to(run.x_T.device)  # device rule: the score sees times on x's device
