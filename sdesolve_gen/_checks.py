@@ -14,10 +14,21 @@ TimeLike = Union[float, int, torch.Tensor]
 
 
 def as_time64(t: TimeLike) -> torch.Tensor:
-    """``t`` (float, 0-d or ``(B,)`` tensor) as a float64 tensor on its device; no range check (hot path)."""
+    """``t`` (float, 0-d or ``(B,)`` tensor) as a float64 tensor on its device (a number: on the host); no range check (hot path)."""
     if isinstance(t, torch.Tensor):
         return t.to(torch.float64)
-    return torch.tensor(float(t), dtype=torch.float64)
+    return torch.tensor(float(t), dtype=torch.float64, device="cpu")
+
+
+def as_float64(value: object) -> torch.Tensor:
+    """A tensor as float64 on its own device; numbers and sequences as float64 host tensors.
+
+    (``torch.as_tensor(t, dtype=...)`` would move a tensor to torch's *default* device when one
+    is set; the library never relies on the default device.)
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64)
+    return torch.tensor(value, dtype=torch.float64, device="cpu")
 
 
 def check_positive(name: str, value: float) -> float:

@@ -29,7 +29,7 @@ import torchdiffeq
 import torchsde
 
 from . import _torchsde_contract as _contract
-from ._checks import check_batch, check_positive
+from ._checks import as_float64, check_batch, check_positive
 from .sde import LinearSDE
 from .solution import Solution
 
@@ -52,7 +52,7 @@ def t_of_lambda(sde: LinearSDE, lam: Tensor) -> Tensor:
     Delegates to :meth:`~sdesolve_gen.sde.LinearSDE.t_of_lambda`: closed forms for VP, sub-VP,
     VE, cosine and EDM, vectorised bisection for custom schedules.
     """
-    return sde.t_of_lambda(torch.as_tensor(lam, dtype=torch.float64))
+    return sde.t_of_lambda(as_float64(lam))
 
 
 def timesteps(
@@ -104,8 +104,8 @@ def timesteps(
     if kind == "uniform":
         ts = T + u * (eps - T)
     elif kind in ("logsnr", "edm"):
-        lam_T = sde.half_log_snr(torch.tensor(T, dtype=torch.float64))
-        lam_e = sde.half_log_snr(torch.tensor(eps, dtype=torch.float64))
+        lam_T = sde.half_log_snr(torch.tensor(T, dtype=torch.float64, device="cpu"))
+        lam_e = sde.half_log_snr(torch.tensor(eps, dtype=torch.float64, device="cpu"))
         if kind == "logsnr":
             lam = lam_T + u * (lam_e - lam_T)
         else:
@@ -153,7 +153,7 @@ class GridBrownian(torchsde.BaseBrownian):
         device: Optional[Union[str, torch.device]] = None,
         generator: Optional[torch.Generator] = None,
     ) -> None:
-        grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
+        grid = as_float64(grid).cpu()
         if grid.dim() != 1 or grid.numel() < 2 or not bool((grid[1:] > grid[:-1]).all()):
             raise ValueError("grid must be a strictly increasing 1-D tensor with at least 2 times")
         self._grid = grid.tolist()
@@ -220,7 +220,7 @@ class GridBrownian(torchsde.BaseBrownian):
 def _check_grid(name: str, ts: Any) -> Tensor:
     if not isinstance(ts, torch.Tensor):
         try:
-            ts = torch.as_tensor(ts, dtype=torch.float64)
+            ts = as_float64(ts)
         except (TypeError, ValueError):
             raise TypeError(f"{name} must be a 1-D tensor of times") from None
     if ts.dim() != 1 or ts.numel() < 2:

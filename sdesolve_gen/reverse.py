@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ._checks import NonFiniteError, TimeLike, as_time64
+from ._checks import NonFiniteError, TimeLike, as_float64, as_time64
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -208,7 +208,7 @@ class ReverseSDE(_ScoreCaller):
         Raises:
             ValueError: if ``ts`` is not strictly decreasing or leaves ``[0, T]``.
         """
-        ts = torch.as_tensor(ts, dtype=torch.float64)
+        ts = as_float64(ts)
         if ts.dim() != 1 or not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError("ts must be strictly decreasing for a ReverseSDE (physical time runs T -> eps)")
         T = self.sde.T
@@ -229,7 +229,7 @@ class ReverseSDE(_ScoreCaller):
         from every step (``sdeint`` does this for you). The copy shares the score and counts
         its own evaluations (``nfe`` starts at 0); this object is not modified.
         """
-        us = torch.as_tensor(us, dtype=torch.float64).reshape(-1)
+        us = as_float64(us).reshape(-1)
         t = self.physical_time(us)
         a = self.sde.drift_coef(t)
         g2 = self.sde.diffusion2(t)

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import TimeLike, as_time64, check_batch, check_positive
+from ._checks import TimeLike, as_float64, as_time64, check_batch, check_positive
 
 Tensor = torch.Tensor
 
@@ -170,7 +170,7 @@ class LinearSDE:
         Returns:
             float64 times of the same shape.
         """
-        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lam = as_float64(lam)
         a = torch.zeros_like(lam)
         b = torch.full_like(lam, self.T)
         for _ in range(100):
@@ -191,7 +191,7 @@ class LinearSDE:
         if isinstance(t, bool):
             raise TypeError(f"{name} must be a float or a tensor of times, got bool")
         if isinstance(t, (int, float)):
-            tt = torch.tensor(float(t), dtype=torch.float64)
+            tt = torch.tensor(float(t), dtype=torch.float64, device="cpu")
         elif isinstance(t, torch.Tensor):
             if t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
@@ -260,7 +260,7 @@ class LinearSDE:
         r"""Standard deviation :math:`s` of the standard prior :math:`\pi = \mathcal N(0, s^2 I)`."""
         if self._prior_std is not None:
             return self._prior_std
-        return math.sqrt(float(self.sigma2(torch.tensor(self.T, dtype=torch.float64))))
+        return math.sqrt(float(self.sigma2(torch.tensor(self.T, dtype=torch.float64, device="cpu"))))
 
     def prior_sample(
         self,
@@ -392,7 +392,7 @@ class VESDE(LinearSDE):
     def t_of_lambda(self, lam: Tensor) -> Tensor:
         r"""Closed form: :math:`\lambda = -\log\sigma_{\min} - (t/T)\log(\sigma_{\max}/\sigma_{\min})`,
         so :math:`t = T(-\lambda - \log\sigma_{\min}) / \log(\sigma_{\max}/\sigma_{\min})`."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lam = as_float64(lam)
         return self.T * (-lam - math.log(self.sigma_min)) / self._log_ratio
 
     def __repr__(self) -> str:
@@ -472,7 +472,7 @@ class VPSDE(_BetaLinearSDE):
     def t_of_lambda(self, lam: Tensor) -> Tensor:
         r"""Closed form (Lu et al. 2022, appendix): :math:`e^{2\lambda} = \alpha^2/(1-\alpha^2)` gives
         :math:`B = -\log\alpha^2 = \mathrm{softplus}(-2\lambda)`, then :meth:`t_of_int_beta`."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lam = as_float64(lam)
         return self.t_of_int_beta(torch.nn.functional.softplus(-2.0 * lam))
 
 
@@ -510,7 +510,7 @@ class SubVPSDE(_BetaLinearSDE):
         r"""Closed form: with :math:`u = \alpha = e^{-B/2}` and :math:`\sigma = 1 - u^2`,
         :math:`e^\lambda = u/(1-u^2)` is the quadratic :math:`e^\lambda u^2 + u - e^\lambda = 0`, so
         :math:`u = 2e^\lambda/(1 + \sqrt{1 + 4e^{2\lambda}})`, :math:`B = -2\log u`, then :meth:`t_of_int_beta`."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lam = as_float64(lam)
         # log u = lambda + log 2 - log(1 + sqrt(1 + 4 e^{2 lambda})), evaluated without overflow
         log_u = lam + math.log(2.0) - torch.logaddexp(torch.zeros_like(lam), 0.5 * torch.logaddexp(torch.zeros_like(lam), 2.0 * lam + math.log(4.0)))
         return self.t_of_int_beta(-2.0 * log_u)
@@ -559,7 +559,7 @@ class CosineVPSDE(LinearSDE):
     def t_of_lambda(self, lam: Tensor) -> Tensor:
         r"""Closed form: :math:`\alpha^2 = \mathrm{sigmoid}(2\lambda)`, :math:`\cos\phi(t) = \alpha\cos\phi(0)`,
         :math:`t = \tfrac{2}{\pi}(1+s)\,\phi - s`."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lam = as_float64(lam)
         alpha = torch.exp(0.5 * torch.nn.functional.logsigmoid(2.0 * lam))
         phase = torch.arccos(alpha * math.exp(self._log_cos0))
         return phase * (1.0 + self.s) / (0.5 * math.pi) - self.s
@@ -603,7 +603,7 @@ class EDMSDE(LinearSDE):
 
     def t_of_lambda(self, lam: Tensor) -> Tensor:
         r"""Closed form: :math:`\alpha = 1`, :math:`\sigma = t`, so :math:`t = e^{-\lambda}`."""
-        return torch.exp(-torch.as_tensor(lam, dtype=torch.float64))
+        return torch.exp(-as_float64(lam))
 
     def __repr__(self) -> str:
         return f"EDMSDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"

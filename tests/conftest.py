@@ -14,3 +14,24 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("sdesolve")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device", default="cpu",
+        help="device for the device-sensitive tests (e.g. cuda); they are skipped if it is unavailable",
+    )
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def device(request):
+    """The ``--device`` under test as a ``torch.device`` (skips if that device is not available)."""
+    dev = torch.device(request.config.getoption("--device"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        pytest.skip("--device mps requested but MPS is not available")
+    return dev

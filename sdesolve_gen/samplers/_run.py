@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import torch
 
-from .._checks import check_batch
+from .._checks import as_float64, check_batch
 from ..reverse import ScoreFn, _ScoreCaller
 from ..sde import LinearSDE
 from ..solution import Solution
@@ -72,14 +72,14 @@ class Run:
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
         self.x_T = check_batch("x_T", x_T)
-        if not bool(torch.isfinite(self.x_T).all()):
-            raise ValueError("x_T contains NaN or inf")
         if generator is not None:
             if not isinstance(generator, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
             if torch.device(generator.device).type != self.x_T.device.type:
                 raise ValueError(f"generator is on {generator.device} but x_T is on {self.x_T.device}: "
                                  "random draws follow x_T's device, pass a generator on that device")
+        if not bool(torch.isfinite(self.x_T).all()):
+            raise ValueError("x_T contains NaN or inf")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(info_dict), got {type(callback).__name__}")
         ts = check_ts(ts, sde)
@@ -141,7 +141,7 @@ class Run:
 def check_ts(ts: Any, sde: LinearSDE) -> Tensor:
     if not isinstance(ts, torch.Tensor):
         try:
-            ts = torch.as_tensor(ts, dtype=torch.float64)
+            ts = as_float64(ts)
         except (TypeError, ValueError):
             raise TypeError("ts must be a 1-D tensor of times") from None
     ts = ts.detach().to(torch.float64).cpu()

@@ -124,7 +124,7 @@ def dpm_solver(
     mids: dict = {}
     if order > 1:
         want = [lam[i] + r * (lam[i + 1] - lam[i]) for i in range(n) for r in ((r1,) if order == 2 else (r1, r2))]
-        tm = sde.t_of_lambda(torch.tensor(want, dtype=torch.float64))
+        tm = sde.t_of_lambda(torch.tensor(want, dtype=torch.float64, device="cpu"))
         am = torch.exp(sde.log_alpha(tm)).tolist()
         sm = torch.sqrt(sde.sigma2(tm)).tolist()
         tm = tm.to(run.x_T.device)  # device rule: the score sees times on x's device

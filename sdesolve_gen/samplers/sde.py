@@ -153,8 +153,10 @@ def adaptive_sde(
         bar = tqdm(total=t - t_end, desc="adaptive_sde", leave=False)
 
     def coeffs(tau: float) -> Tuple[Tensor, float, float]:
-        tt = torch.tensor(tau, dtype=torch.float64)
-        return tt, float(sde.drift_coef(tt)), float(sde.diffusion2(tt))
+        # schedule arithmetic on the host; the score's time is filled on x's device (no copy)
+        host = torch.tensor(tau, dtype=torch.float64, device="cpu")
+        tt = torch.full((), tau, dtype=torch.float64, device=x.device)
+        return tt, float(sde.drift_coef(host)), float(sde.diffusion2(host))
 
     while t - t_end > 1e-12 * max(1.0, t_end):
         if accepted + rejected >= max_steps:
