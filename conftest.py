@@ -21,8 +21,9 @@ import shutil
 import sys
 import tempfile
 import unittest
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any
 
 import pytest
 from sybil import Sybil
@@ -41,7 +42,7 @@ _README = Sybil(parsers=[MarkdownPython(), MarkdownSkip()], filenames=["README.m
 class _PageEnvironment:
     """Temporary working directory, one torch thread, fixed seed, Agg; restored afterwards."""
 
-    def __enter__(self) -> "_PageEnvironment":
+    def __enter__(self) -> None:
         import torch
 
         self.cwd, self.threads = os.getcwd(), torch.get_num_threads()
@@ -49,9 +50,8 @@ class _PageEnvironment:
         os.chdir(self.tmp)
         torch.set_num_threads(1)
         torch.manual_seed(0)
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         import torch
 
         if "matplotlib.pyplot" in sys.modules:
@@ -67,7 +67,7 @@ class DocCodeBlocks(pytest.Item):
     def __init__(self, *, sybil: Sybil, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sybil = sybil
-        self.current: Optional[Any] = None
+        self.current: Any | None = None
 
     def runtest(self) -> None:
         document = self.sybil.parse(self.path)
@@ -106,14 +106,14 @@ class DocPage(pytest.File):
             yield DocCodeBlocks.from_parent(self, name="code-blocks", sybil=self.sybil)
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[DocPage]:
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> DocPage | None:
     for sybil in (_DOCS, _README):
         if sybil.should_parse(file_path):
             return DocPage.from_parent(parent, path=file_path, sybil=sybil)
     return None
 
 
-_counts: Dict[str, int] = {"ran": 0, "skipped": 0, "pages": 0}
+_counts: dict[str, int] = {"ran": 0, "skipped": 0, "pages": 0}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

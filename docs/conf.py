@@ -7,17 +7,17 @@ fully offline: no intersphinx, MathJax served from the build directory.
 from __future__ import annotations
 
 import importlib
-import re
 import os
+import re
 import sys
 import types
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sphinx.util.nodes import get_node_source
 
 sys.path.insert(0, os.path.abspath(".."))
 
-from sdesolve_gen._version import __version__  # noqa: E402
+from sdesolve_gen._version import __version__
 
 project = "sdesolve_gen"
 author = "the sdesolve_gen developers"
@@ -64,13 +64,13 @@ nitpick_ignore_regex = [
 _EXTERNAL_MODULES = tuple(_EXTERNAL.strip("()").split("|"))
 
 
-def _import_dotted(name: str) -> Optional[Any]:
+def _import_dotted(name: str) -> Any | None:
     """The object a dotted name denotes (module attribute chain), or None."""
     parts = name.split(".")
     for i in range(len(parts), 0, -1):
         try:
             obj: Any = importlib.import_module(".".join(parts[:i]))
-        except Exception:
+        except ImportError:  # not a module: try a shorter prefix
             continue
         try:
             for p in parts[i:]:
@@ -81,14 +81,14 @@ def _import_dotted(name: str) -> Optional[Any]:
     return None
 
 
-def _identity_key(obj: Any) -> Optional[int]:
+def _identity_key(obj: Any) -> int | None:
     # identity names an object for anything but interned/cached scalars and strings
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         return None
     return id(obj)
 
 
-def _documented_by_identity(env: Any) -> Dict[int, str]:
+def _documented_by_identity(env: Any) -> dict[int, str]:
     """Map id(object) -> the full name under which that object is documented here."""
     cache = getattr(env, "_sg_documented_by_identity", None)
     if cache is None:
@@ -104,11 +104,11 @@ def _documented_by_identity(env: Any) -> Dict[int, str]:
     return cache
 
 
-def _context_modules(node: Any) -> List[str]:
+def _context_modules(node: Any) -> list[str]:
     """Modules whose namespace an unqualified target is looked up in: the module of the docstring
     the reference sits in (autodoc marks it ``docstring of sdesolve_gen.mod.obj``; an object
     documented at the top level keeps its own module's namespace), then the current module."""
-    mods: List[str] = []
+    mods: list[str] = []
     source = get_node_source(node) if node.parent is not None else node.source
     m = re.search(r"docstring of (sdesolve_gen[\w.]*)", source or "")
     if m:
@@ -123,7 +123,7 @@ def _context_modules(node: Any) -> List[str]:
     return mods
 
 
-def _candidates(node: Any) -> List[str]:
+def _candidates(node: Any) -> list[str]:
     target = node.get("reftarget", "")
     if target.startswith("sdesolve_gen"):
         return [target]
@@ -178,7 +178,7 @@ def _resolve_external(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
-def _package_modules() -> List[str]:
+def _package_modules() -> list[str]:
     return sorted(n for n, m in list(sys.modules.items()) if n.split(".")[0] == "sdesolve_gen" and isinstance(m, types.ModuleType))
 
 
@@ -199,7 +199,7 @@ nitpick_ignore = [
 ]
 
 
-def _skip_reexported(app: Any, what: str, name: str, obj: Any, skip: bool, options: Any) -> Optional[bool]:
+def _skip_reexported(app: Any, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
     """In a submodule's section, skip the members documented at the top level (api.rst documents
     ``sdesolve_gen``'s ``__all__`` first, with ``:imported-members:`` as its marker)."""
     if what != "module" or skip:
@@ -216,7 +216,7 @@ def _skip_reexported(app: Any, what: str, name: str, obj: Any, skip: bool, optio
     return None
 
 
-def setup(app: Any) -> Dict[str, Any]:
+def setup(app: Any) -> dict[str, Any]:
     app.connect("autodoc-skip-member", _skip_reexported)
     app.connect("missing-reference", _resolve_alias)
     app.connect("missing-reference", _resolve_external, priority=900)
