@@ -453,11 +453,13 @@ class Trainer:
         """Bytes a checkpoint will take (an upper estimate used by the free-space check before training).
 
         Model + EMA + optimiser state (Adam-like: two moments per parameter if it has none yet)
-        + the loss history (8 bytes per step) + 1 MiB of pickling overhead.
+        + the loss history (8 bytes per step) + 1 KiB per tensor and 256 KiB of pickling and
+        archive overhead.
         """
-        model_bytes = _tensor_bytes(self.model.state_dict())
+        sd = self.model.state_dict()
+        model_bytes = _tensor_bytes(sd)
         opt_bytes = _tensor_bytes(self.optimizer.state_dict()["state"]) or 2 * _tensor_bytes(list(self.model.parameters()))
-        return 2 * model_bytes + opt_bytes + 8 * max(n_steps, self.step) + 2**20
+        return 2 * model_bytes + opt_bytes + 8 * max(n_steps, self.step) + 2**10 * 4 * len(sd) + 2**18
 
     def _preflight(self, n_steps: int) -> None:
         if self.rank != 0 or self.checkpoint_dir is None:
