@@ -8,9 +8,12 @@ Subcommands (``sdesolve-gen <command> --help`` for each)::
     sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S]
     sdesolve-gen bench       [--quick] [--out DIR] [--only SECTION ...]
 
-Bad arguments and user errors (unknown sampler, missing checkpoint, non-positive sizes, ...) are
-reported as ONE line ``sdesolve-gen <command>: error: <message naming the argument>`` on stderr
-with exit code 2 and no traceback. The logic lives in the library (:mod:`sdesolve_gen.demo`, the
+Bad arguments and user errors (unknown sampler, missing checkpoint, non-positive sizes, an
+unknown value in a checkpoint's config, ...) are reported as ONE line
+``sdesolve-gen <command>: error: <message naming the argument>`` on stderr with exit code 2 and no
+traceback. Operating-system errors (a full disk, a read-only checkpoint directory) are one line
+naming the path, exit code 1. A closed output pipe (``sdesolve-gen ... | head -1``) ends the
+command quietly with exit code 1. The logic lives in the library (:mod:`sdesolve_gen.demo`, the
 samplers, :func:`~sdesolve_gen.log_likelihood`, the trainer); this module only parses arguments.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import subprocess
@@ -132,6 +136,56 @@ def _require(module: str) -> Any:
         raise CLIError(f"this command needs sdesolve_gen.{module}, which could not be imported ({err})") from None
 
 
+_SDES = {"vp": "VPSDE", "ve": "VESDE", "subvp": "SubVPSDE"}
+_DIGITS_HOLDOUT = 297  # the last 297 of the 1797 digits are held out (never trained on)
+_N_DIGIT_CLASSES = 10
+
+
+def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
+    """Refuse a config with a missing or unknown key or an unknown value (one line naming both)."""
+    from .data import TOY_DATASETS
+
+    if not isinstance(cfg, dict):
+        raise CLIError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
+
+    def bad(key: str, want: str) -> CLIError:
+        return CLIError(f"{where}: {key}={cfg.get(key)!r} is not {want}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = {
+        "data": (lambda v: v in TOY_DATASETS or v == "digits", f"one of {', '.join(sorted(TOY_DATASETS))}, digits"),
+        "sde": (lambda v: v in _SDES, f"one of {', '.join(_SDES)}"),
+        "parameterisation": (lambda v: v == "eps", "'eps'"),
+        "batch_size": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        "lr": (lambda v: is_num(v) and v > 0, "a number > 0"),
+        "seed": (is_int, "an int"),
+        "ema_decay": (lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "conditional": (lambda v: isinstance(v, bool), "true or false"),
+        "label_dropout": (lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "hidden": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        "depth": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        "base": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    }
+    required = ("data", "sde")
+    for key in required:
+        if key not in cfg:
+            raise CLIError(f"{where}: missing key {key!r}")
+    for key, value in cfg.items():
+        if key not in checks:
+            raise CLIError(f"{where}: unknown key {key!r} (known: {', '.join(checks)})")
+        ok, want = checks[key]
+        if not ok(value):
+            raise bad(key, want)
+    if cfg.get("conditional") and cfg["data"] != "digits":
+        raise CLIError(f"{where}: conditional=true needs data='digits', got {cfg['data']!r}")
+    return cfg
+
+
 def _load_config(ckpt: str) -> Dict[str, Any]:
     if not os.path.exists(ckpt):
         raise CLIError(f"argument checkpoint: no such file or directory: {ckpt!r}")
@@ -141,13 +195,10 @@ def _load_config(ckpt: str) -> Dict[str, Any]:
         raise CLIError(f"argument checkpoint: {directory!r} has no {_CONFIG} (was it written by `sdesolve-gen train`?)")
     try:
         with open(path) as f:
-            return json.load(f)
+            cfg = json.load(f)
     except (OSError, ValueError) as err:
         raise CLIError(f"argument checkpoint: cannot read {path!r}: {err}") from None
-
-
-_SDES = {"vp": "VPSDE", "ve": "VESDE", "subvp": "SubVPSDE"}
-_DIGITS_HOLDOUT = 297  # the last 297 of the 1797 digits are held out (never trained on)
+    return _check_config(cfg, f"argument checkpoint: config {path!r}")
 
 
 def _build(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -157,22 +208,28 @@ def _build(cfg: Dict[str, Any]) -> Dict[str, Any]:
     from . import sde as sde_mod
     from .parameterisation import ScoreModel
 
-    nets, data_mod = _require("nets"), _require("data")
+    nets, data_mod, train_mod = _require("nets"), _require("data"), _require("train")
     sde = getattr(sde_mod, _SDES[cfg["sde"]])()
-    if cfg["data"] == "digits":
-        x = data_mod.load_digits(data_range=(-1.0, 1.0))
-        train, held = x[:-_DIGITS_HOLDOUT], x[-_DIGITS_HOLDOUT:]
-        net = nets.UNet(in_channels=1, base=cfg.get("base", 32), t_max=sde.T)
-        target, shape = None, (1, 8, 8)
-    else:
-        if cfg["data"] not in data_mod.TOY_DATASETS:
-            raise CLIError(f"argument --data: unknown dataset {cfg['data']!r}; choose from "
-                           f"{', '.join(sorted(data_mod.TOY_DATASETS))}, digits")
-        target = data_mod.TOY_DATASETS[cfg["data"]]()
-        train, held = target, None
-        net = nets.MLPScoreNet(2, hidden=cfg.get("hidden", 128), depth=cfg.get("depth", 3), t_max=sde.T)
-        shape = (2,)
-    model = ScoreModel(net, sde, "eps").to(torch.float32)
+    # the initial weights come from torch's global generator: build the net under the run's seed
+    # (and restore the generator afterwards) so `train --seed S` is reproducible bit for bit
+    with train_mod.seeded(cfg.get("seed", 0)):
+        if cfg["data"] == "digits":
+            x, y = data_mod.load_digits(data_range=(-1.0, 1.0), return_labels=True)
+            train, held = x[:-_DIGITS_HOLDOUT], x[-_DIGITS_HOLDOUT:]
+            if cfg.get("conditional"):
+                train = (train, y[:-_DIGITS_HOLDOUT])
+            net = nets.UNet(in_channels=1, base=cfg.get("base", 32), t_max=sde.T,
+                            num_classes=_N_DIGIT_CLASSES if cfg.get("conditional") else None)
+            target, shape = None, (1, 8, 8)
+        else:
+            if cfg["data"] not in data_mod.TOY_DATASETS:
+                raise CLIError(f"argument --data: unknown dataset {cfg['data']!r}; choose from "
+                               f"{', '.join(sorted(data_mod.TOY_DATASETS))}, digits")
+            target = data_mod.TOY_DATASETS[cfg["data"]]()
+            train, held = target, None
+            net = nets.MLPScoreNet(2, hidden=cfg.get("hidden", 128), depth=cfg.get("depth", 3), t_max=sde.T)
+            shape = (2,)
+        model = ScoreModel(net, sde, "eps").to(torch.float32)
     return dict(sde=sde, model=model, train=train, held=held, target=target, shape=shape)
 
 
@@ -206,27 +263,53 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"argument --ckpt: {ckpt!r} exists and is not a directory")
     cfg_path = os.path.join(ckpt, _CONFIG)
     has_ckpt = os.path.isfile(os.path.join(ckpt, train_mod.CHECKPOINT_NAME))
+    if args.conditional and args.data != "digits":
+        raise CLIError(f"argument --conditional: class-conditional training needs --data digits, got {args.data!r}")
+    if not 0.0 <= args.label_dropout < 1.0:
+        raise CLIError(f"argument --label-dropout: must lie in [0, 1), got {args.label_dropout!r}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise CLIError(f"argument --ema-decay: must lie in [0, 1), got {args.ema_decay!r}")
+    from .data import TOY_DATASETS
+
+    if args.data not in TOY_DATASETS and args.data != "digits":
+        raise CLIError(f"argument --data: unknown dataset {args.data!r}; choose from "
+                       f"{', '.join(sorted(TOY_DATASETS))}, digits")
     cfg = dict(data=args.data, sde=args.sde, parameterisation="eps", batch_size=args.batch_size, lr=args.lr,
                seed=args.seed, ema_decay=args.ema_decay)
+    if args.conditional:
+        cfg.update(conditional=True, label_dropout=args.label_dropout)
+    _check_config(cfg, "arguments")
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        lib_logger = logging.getLogger("sdesolve_gen")
+        lib_logger.addHandler(handler)
+        lib_logger.setLevel(logging.INFO)
     if args.resume:
         if not has_ckpt:
             raise CLIError(f"argument --resume: no checkpoint in {ckpt!r} to resume from")
         old = _load_config(ckpt)
-        for key in ("data", "sde", "batch_size", "lr", "seed", "ema_decay"):
-            if old.get(key) != cfg[key]:
+        for key in ("data", "sde", "batch_size", "lr", "seed", "ema_decay", "conditional", "label_dropout"):
+            if old.get(key) != cfg.get(key):
                 raise CLIError(f"argument --{key.replace('_', '-')}: the checkpoint in {ckpt!r} was trained with "
-                               f"{key}={old.get(key)!r}, not {cfg[key]!r} (resume needs the same settings)")
+                               f"{key}={old.get(key)!r}, not {cfg.get(key)!r} (resume needs the same settings)")
     elif has_ckpt:
         raise CLIError(f"argument --ckpt: {ckpt!r} already holds a checkpoint; pass --resume to continue it "
                        f"or choose a new directory")
+    import torch
+
+    # seed torch's global generator too: it initialises the weights (see _build) and its state
+    # is part of the checkpoint, so two runs with the same --seed write the same tensors
+    torch.manual_seed(args.seed)
     built = _build(cfg)
-    os.makedirs(ckpt, exist_ok=True)
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=1)
+    from .checkpoints import atomic_write_bytes
+
+    atomic_write_bytes(json.dumps(cfg, indent=1).encode("utf-8"), cfg_path)  # atomic, also on --resume
+    cond = dict(label_dropout=args.label_dropout, null_label=_N_DIGIT_CLASSES) if args.conditional else {}
     trainer = train_mod.Trainer(
         built["model"], built["sde"], built["train"], batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         ema_decay=args.ema_decay, checkpoint_dir=ckpt, checkpoint_every=args.every, log_every=max(1, min(100, args.steps // 20)),
-        progress=args.progress,
+        progress=args.progress, **cond,
     )
     if args.resume:
         trainer.resume()
@@ -237,7 +320,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     losses = trainer.train(args.steps)
     wall = time.perf_counter() - start
     tail = losses[-min(len(losses), 100):]
-    print(f"trained {args.data} ({args.sde} SDE, eps-parameterised, {sum(p.numel() for p in built['model'].parameters())} "
+    what = f"{args.data} (class-conditional, label dropout {args.label_dropout:g})" if args.conditional else args.data
+    print(f"trained {what} ({args.sde} SDE, eps-parameterised, {sum(p.numel() for p in built['model'].parameters())} "
           f"parameters) to step {trainer.step} in {wall:.1f} s; mean loss of the last {len(tail)} steps "
           f"{sum(tail) / len(tail):.4f}")
     print(f"checkpoint: {os.path.join(ckpt, train_mod.CHECKPOINT_NAME)}")
@@ -400,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt")
     t.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     t.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    t.add_argument("--conditional", action="store_true",
+                   help="class-conditional U-Net on the digit labels (with --data digits); label 10 is the null "
+                   "label of classifier-free guidance")
+    t.add_argument("--label-dropout", type=float, default=0.1,
+                   help="with --conditional: probability of training on the null label (default: 0.1)")
+    t.add_argument("-v", "--verbose", action="store_true", help="log progress (every log record) to stderr")
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="sample from a trained checkpoint",
@@ -443,11 +533,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``sdesolve-gen``; returns the exit code (0 ok, 2 user error).
+    """Entry point of ``sdesolve-gen``; returns the exit code (0 ok, 2 user error, 1 OS error or closed pipe).
 
     Args:
         argv: arguments without the program name (default ``sys.argv[1:]``).
     """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe surfaces here, not as a traceback at interpreter exit
+    except BrokenPipeError:
+        # the reader went away (`sdesolve-gen ... | head -1`): stop quietly; point stdout at
+        # /dev/null so the interpreter's final flush does not raise again
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # pragma: no cover - stdout without a file descriptor
+            pass
+        return 1
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     prog = f"sdesolve-gen {args.command}"
@@ -463,10 +570,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CLIError as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
+    except BrokenPipeError:
+        raise
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         sys.stderr.write(f"{prog}: error: {msg}\n")
         return 2
+    except OSError as err:  # a full disk, a read-only directory: one line naming the path
+        msg = err.strerror if err.strerror else str(err)
+        if err.filename and str(err.filename) not in msg:
+            msg = f"{msg}: {err.filename}"
+        sys.stderr.write(f"{prog}: error: {msg.splitlines()[0]}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130

@@ -32,7 +32,7 @@ O(1) quantity instead of one that blows up as :math:`t \to \epsilon` (the varian
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from scipy import integrate as _integrate
@@ -108,6 +108,7 @@ def dsm_loss(
     t: Optional[Tensor] = None,
     sigma_data: float = 0.5,
     reduce: bool = True,
+    model_kwargs: Optional[Dict[str, Any]] = None,
 ) -> Tensor:
     r"""Denoising score-matching loss :math:`\lambda(t)\,\|s_\theta(x_t,t) + \epsilon/\sigma_t\|^2`.
 
@@ -122,16 +123,31 @@ def dsm_loss(
         weighting: ``"sigma2"``, ``"g2"``, ``"edm"``, ``"none"`` or a callable.
         importance_sampling: with ``weighting="g2"``, draw t from :math:`p(t)\propto g^2/\sigma^2`
             (:func:`sample_time`) and reweight; the expectation is unchanged.
-        generator: randomness for t and the noise.
+        generator: randomness for t and the noise; it must live on ``x0``'s device (the draws
+            are made there: ``torch.Generator(device=x0.device)``).
         eps: smallest training time (default ``sde.eps``).
         t: optional fixed times ``(B,)`` (then ``importance_sampling`` must be False).
         sigma_data: data std for the EDM weighting.
         reduce: return the batch mean (default) or the per-sample losses ``(B,)``.
+        model_kwargs: extra keyword arguments of every call, ``score_model(x_t, t, **model_kwargs)``
+            (e.g. ``{"y": labels}`` for a class-conditional network).
 
     Returns:
         scalar loss, or ``(B,)`` per-sample losses.
+
+    Raises:
+        TypeError: if ``generator`` is not a ``torch.Generator`` or ``model_kwargs`` not a dict.
+        ValueError: if ``generator`` is on another device than ``x0`` (checked before any draw).
     """
     x0 = check_batch("x0", x0)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device != x0.device:
+            raise ValueError(f"generator is on device {generator.device} but x0 is on {x0.device}; "
+                             f"create it on x0's device: torch.Generator(device=x0.device)")
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments, got {type(model_kwargs).__name__}")
     if importance_sampling and weighting != "g2":
         raise ValueError("importance_sampling is defined for weighting='g2' (the likelihood weighting)")
     B = x0.shape[0]
@@ -146,7 +162,7 @@ def dsm_loss(
     alpha = expand_to(torch.exp(sde.log_alpha(t)), x0)
     sigma = expand_to(torch.sqrt(sde.sigma2(t)), x0)
     x_t = alpha * x0 + sigma * noise
-    s = score_model(x_t, t)
+    s = score_model(x_t, t, **model_kwargs) if model_kwargs else score_model(x_t, t)
     if s.shape != x0.shape:
         raise ValueError(f"score_model returned shape {tuple(s.shape)}, expected {tuple(x0.shape)}")
     sq = (sigma * s + noise).flatten(1).pow(2).sum(1)  # sigma^2 ||s + eps/sigma||^2

@@ -19,7 +19,7 @@ what makes the ``x0`` row exact for the true score.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import torch
 from torch import nn
@@ -128,12 +128,13 @@ class ScoreModel(nn.Module):
         self.sde = sde
         self.parameterisation = _check_kind("parameterisation", parameterisation)
 
-    def forward(self, x: Tensor, t: TimeLike) -> Tensor:
-        """Score :math:`s_\\theta(x, t)`, shape of ``x``; ``t`` a float, 0-d or ``(B,)`` tensor."""
+    def forward(self, x: Tensor, t: TimeLike, **kwargs: Any) -> Tensor:
+        """Score :math:`s_\\theta(x, t)`, shape of ``x``; ``t`` a float, 0-d or ``(B,)`` tensor;
+        ``kwargs`` (e.g. labels ``y``) are passed on to ``net``."""
         tt = as_time64(t).to(x.device)
         if tt.dim() == 0:
             tt = tt.expand(x.shape[0])
-        pred = self.net(x, tt.to(x.dtype))
+        pred = self.net(x, tt.to(x.dtype), **kwargs)
         if pred.shape != x.shape:
             raise ValueError(f"net returned shape {tuple(pred.shape)}, expected the input's shape {tuple(x.shape)}")
         alpha = torch.exp(self.sde.log_alpha(tt))

@@ -1,5 +1,7 @@
 """Networks, data, trainer: EMA, atomic checkpoints, bit-exact resume, DDP."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -75,16 +77,30 @@ def _trainer(tmp, seed=0, **kw):
     return Trainer(model, sde, D.eight_gaussians(), batch_size=64, lr=5e-3, seed=seed, checkpoint_dir=tmp, log_every=5, **kw)
 
 
-def test_ema_is_the_exponential_average():
+def test_ema_is_the_warmed_up_exponential_average_of_parameters_and_buffers():
+    """By hand: update 1 copies; update n >= 1 uses d_n = min(d, (1+n)/(10+n)); buffers too."""
     lin = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        lin.weight.fill_(0.0)
+    lin.register_buffer("b", torch.zeros(1))
     ema = EMA(lin, decay=0.9)
+    want_w = want_b = None
+    for n, v in enumerate((1.0, 2.0, 4.0)):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+            lin.b.fill_(-v)
+        ema.update(lin)
+        d = min(0.9, (1 + n) / (10 + n))
+        want_w = v if n == 0 else d * want_w + (1 - d) * v
+        want_b = -v if n == 0 else d * want_b + (1 - d) * (-v)
+    assert float(ema.shadow[0].detach()) == pytest.approx(want_w, rel=1e-6)
+    assert float(ema.module.b) == pytest.approx(want_b, rel=1e-6)
+    assert ema.n_updates == 3
+    # without the warm-up: the constant decay
+    plain = EMA(lin, decay=0.9, warmup=False)
     for v in (1.0, 2.0):
         with torch.no_grad():
             lin.weight.fill_(v)
-        ema.update(lin)
-    assert float(ema.shadow[0]) == pytest.approx(0.9 * (0.1 * 1.0) + 0.1 * 2.0)
+        plain.update(lin)
+    assert float(plain.shadow[0].detach()) == pytest.approx(0.9 * 1.0 + 0.1 * 2.0, rel=1e-6)
 
 
 @pytest.mark.parametrize("decay", [0, 15])
@@ -95,6 +111,7 @@ def test_resume_is_bit_exact(tmp_path, decay):
     straight.train(20)
     first = _trainer(tmp_path / "b", lr_decay_steps=decay)
     first.train(10)
+    shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "b10.pt")
     del first  # the "killed" run: only its checkpoint on disk survives
     second = _trainer(tmp_path / "b", seed=999, lr_decay_steps=decay)  # different seed: everything must come from disk
     assert second.resume()
@@ -102,11 +119,11 @@ def test_resume_is_bit_exact(tmp_path, decay):
     second.train(20)
     for p, q in zip(straight.model.parameters(), second.model.parameters()):
         assert torch.equal(p, q)
-    for p, q in zip(straight.ema.shadow, second.ema.shadow):
-        assert torch.equal(p, q)
+    for (k, p), (_, q) in zip(straight.ema.state_dict().items(), second.ema.state_dict().items()):
+        assert torch.equal(p, q), k
     # control: without the saved RNG state the continuation differs
     third = _trainer(tmp_path / "c", seed=999, lr_decay_steps=decay)
-    third.load_state_dict({**load_checkpoint(tmp_path / "b"), "step": 10})
+    third.load_state_dict(load_checkpoint(tmp_path / "b10.pt"))
     third.g_noise.manual_seed(5)
     third.train(20)
     assert not all(torch.equal(p, q) for p, q in zip(straight.model.parameters(), third.model.parameters()))
