@@ -7,6 +7,7 @@ fully offline: no intersphinx, MathJax served from the build directory.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 import os
 import re
 import sys
@@ -187,15 +188,6 @@ def _package_modules() -> list[str]:
 nitpick_ignore = [
     # torch.nn.Module.forward's docstring (inherited by our nets' forward methods) says :class:`Module`
     ("py:class", "Module"),
-    # TEMPORARY, to be fixed in the package docstrings (then delete the entry):
-    # train.Trainer: the annotation Callable[["Trainer"], ...] is a string inside a string annotation
-    ("py:class", "'Trainer'"),
-    # guidance.classifier_guidance, Raises section: "TypeError / ValueError:" reads as one name
-    ("py:exc", "TypeError / ValueError"),
-    # guidance.inpaint refers to INPAINT_SAMPLERS, which has no docstring (``#:``), so is undocumented
-    ("py:data", "INPAINT_SAMPLERS"),
-    # predictor_corrector's / langevin_step's annotations name the private class samplers._Run
-    ("py:class", "sdesolve_gen.samplers._Run"),
 ]
 
 
@@ -216,7 +208,43 @@ def _skip_reexported(app: Any, what: str, name: str, obj: Any, skip: bool, optio
     return None
 
 
+def _write_sampler_table(app: Any) -> None:
+    """Write ``_generated/samplers.rst``, the sampler table, from the registry (its one owner)."""
+    from sdesolve_gen.samplers import SAMPLERS
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    rows = [
+        ".. list-table:: Registered samplers (generated from ``sdesolve_gen.samplers.SAMPLERS``)",
+        "   :header-rows: 1",
+        "",
+        "   * - name",
+        "     - kind",
+        "     - order",
+        "     - NFE for n steps",
+        "     - default grid",
+        "     - what it is",
+    ]
+    for spec in SAMPLERS.values():
+        kind = ("SDE" if spec.stochastic else "ODE") + (", adaptive" if spec.adaptive else "")
+        if spec.nfe_per_step is None:
+            nfe = "adaptive"
+        else:
+            nfe = f"{spec.nfe_per_step} n" + (f" {spec.nfe_extra:+d}".replace("+", "+ ").replace("-", "- ") if spec.nfe_extra else "")
+        order = cell(spec.order) + (f" (strong {spec.strong_order})" if spec.strong_order is not None else "")
+        rows += [f"   * - ``{spec.name}``", f"     - {kind}", f"     - {order}", f"     - {nfe}",
+                 f"     - ``{spec.grid}``", f"     - {spec.summary}"]
+    out = Path(app.srcdir) / "_generated"
+    out.mkdir(exist_ok=True)
+    text = "\n".join(rows) + "\n"
+    target = out / "samplers.rst"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
 def setup(app: Any) -> dict[str, Any]:
+    app.connect("builder-inited", _write_sampler_table)
     app.connect("autodoc-skip-member", _skip_reexported)
     app.connect("missing-reference", _resolve_alias)
     app.connect("missing-reference", _resolve_external, priority=900)

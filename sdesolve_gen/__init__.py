@@ -5,6 +5,7 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
+from ._version import __version__
 from . import analytic, correctors, data, guidance, losses, nets, plotting, samplers, train
 from ._checks import NonFiniteError
 from .bpd import bits_per_dim, dequantize
@@ -22,9 +23,9 @@ from .guidance import classifier_free_guidance, classifier_guidance
 from .samplers import SAMPLERS, SamplerSpec, adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, inpaint, ode, reverse_diffusion
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "data",
     "losses",
     "nets",

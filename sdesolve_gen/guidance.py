@@ -96,7 +96,8 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_y_fn: LogProbYFn, y: Label, 
         A score function ``(x, t) -> (B, *shape)``.
 
     Raises:
-        TypeError / ValueError: on a non-callable function, a non-number ``scale`` or a bad ``y``.
+        TypeError: on a non-callable function or a non-number ``scale``.
+        ValueError: on a non-finite ``scale`` or a bad ``y``.
     """
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")

@@ -51,7 +51,7 @@ def _check_data_shape(data_shape: Optional[Sequence[int]]) -> Optional[Tuple[int
     return shape
 
 
-#: Finiteness checks of the score: per evaluation (one host sync each), once at the end, or none.
+#: Modes of the score's finiteness check (per evaluation with one host sync each, once at the end, or none).
 CHECK_FINITE = ("step", "end", "off")
 
 
@@ -136,7 +136,7 @@ class _ScoreCaller(nn.Module):
         what = "the state x" if x is not None and not bool(torch.isfinite(x).all()) else "score_fn's output"
         raise NonFiniteError(f"{what} became non-finite (NaN/inf) at t={float(t):.6g}")
 
-    def raise_if_nonfinite(self) -> None:
+    def raise_if_nonfinite(self) -> None:  # noqa: D401 (also documented on ReverseSDE / ProbabilityFlowODE)
         """Raise :class:`NonFiniteError` for the first non-finite score recorded since the last call
         (``check_finite="end"``; one host synchronisation), then forget the records."""
         flags, self._flags = self._flags, []
@@ -172,7 +172,7 @@ class ReverseSDE(_ScoreCaller):
         check_finite: ``"end"`` (default): record NaN/inf scores on the device and raise
             :class:`NonFiniteError` naming the first bad time when the solve finishes
             (:func:`~sdesolve_gen.sdeint` / :func:`~sdesolve_gen.odeint` call
-            :meth:`raise_if_nonfinite`; call it yourself after a raw torchsde/torchdiffeq solve);
+            ``raise_if_nonfinite()``; call it yourself after a raw torchsde/torchdiffeq solve);
             ``"step"``: raise at once (one host synchronisation per evaluation); ``"off"``.
         model_kwargs: keyword arguments passed to every ``score_fn(x, t, **model_kwargs)`` call
             (class labels, conditioning inputs).
@@ -295,7 +295,7 @@ class ProbabilityFlowODE(_ScoreCaller):
         check_finite: ``"end"`` (default): record NaN/inf scores on the device and raise
             :class:`NonFiniteError` naming the first bad time when the solve finishes
             (:func:`~sdesolve_gen.sdeint` / :func:`~sdesolve_gen.odeint` call
-            :meth:`raise_if_nonfinite`; call it yourself after a raw torchsde/torchdiffeq solve);
+            ``raise_if_nonfinite()``; call it yourself after a raw torchsde/torchdiffeq solve);
             ``"step"``: raise at once (one host synchronisation per evaluation); ``"off"``.
         model_kwargs: keyword arguments passed to every ``score_fn(x, t, **model_kwargs)`` call
             (class labels, conditioning inputs).

@@ -471,7 +471,7 @@ class VPSDE(_BetaLinearSDE):
 
     def t_of_lambda(self, lam: Tensor) -> Tensor:
         r"""Closed form (Lu et al. 2022, appendix): :math:`e^{2\lambda} = \alpha^2/(1-\alpha^2)` gives
-        :math:`B = -\log\alpha^2 = \mathrm{softplus}(-2\lambda)`, then :meth:`t_of_int_beta`."""
+        :math:`B = -\log\alpha^2 = \mathrm{softplus}(-2\lambda)`, then ``t_of_int_beta``."""
         lam = as_float64(lam)
         return self.t_of_int_beta(torch.nn.functional.softplus(-2.0 * lam))
 
@@ -509,7 +509,7 @@ class SubVPSDE(_BetaLinearSDE):
     def t_of_lambda(self, lam: Tensor) -> Tensor:
         r"""Closed form: with :math:`u = \alpha = e^{-B/2}` and :math:`\sigma = 1 - u^2`,
         :math:`e^\lambda = u/(1-u^2)` is the quadratic :math:`e^\lambda u^2 + u - e^\lambda = 0`, so
-        :math:`u = 2e^\lambda/(1 + \sqrt{1 + 4e^{2\lambda}})`, :math:`B = -2\log u`, then :meth:`t_of_int_beta`."""
+        :math:`u = 2e^\lambda/(1 + \sqrt{1 + 4e^{2\lambda}})`, :math:`B = -2\log u`, then ``t_of_int_beta``."""
         lam = as_float64(lam)
         # log u = lambda + log 2 - log(1 + sqrt(1 + 4 e^{2 lambda})), evaluated without overflow
         log_u = lam + math.log(2.0) - torch.logaddexp(torch.zeros_like(lam), 0.5 * torch.logaddexp(torch.zeros_like(lam), 2.0 * lam + math.log(4.0)))

@@ -268,7 +268,7 @@ class Trainer:
         checkpoint_dir: Optional[PathLike] = None,
         checkpoint_every: int = 0,
         log_every: int = 100,
-        eval_fn: Optional[Callable[["Trainer"], Dict[str, float]]] = None,
+        eval_fn: Optional[Callable[[Trainer], Dict[str, float]]] = None,
         eval_every: int = 0,
         progress: bool = False,
     ) -> None:

@@ -5,7 +5,7 @@ Every sampler is called as::
     sol = sampler(sde, score_fn, x_T, ts, *, generator=None, denoise=False, progress=False, ...)
 
 and returns a :class:`~sdesolve_gen.Solution` (samples in ``sol.x``, score evaluations in
-``sol.nfe``). :data:`SAMPLERS` maps each sampler's one name to a :class:`SamplerSpec` (order,
+``sol.nfe``). :data:`~sdesolve_gen.samplers.registry.SAMPLERS` maps each sampler's one name to a :class:`SamplerSpec` (order,
 evaluations per step, default grid, stochastic or not)::
 
     spec = sg.samplers.SAMPLERS["dpm_solver_pp_2m"]

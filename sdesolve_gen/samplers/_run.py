@@ -27,7 +27,7 @@ Tensor = torch.Tensor
 
 __all__ = ["Run", "Callback", "check_ts", "tweedie_x0", "tweedie_denoise"]
 
-#: Per-step callback: ``callback({"i": step, "t": time reached, "x": state, "denoised": x0_hat or None})``.
+#: The per-step callback, called as ``callback({"i": step, "t": time reached, "x": state, "denoised": x0_hat or None})``.
 Callback = Callable[[Dict[str, Any]], Any]
 
 

@@ -25,6 +25,7 @@ Tensor = torch.Tensor
 
 __all__ = ["inpaint", "INPAINT_SAMPLERS"]
 
+#: The unconditional samplers :func:`inpaint` can run (``"pc"`` is predictor-corrector, ``"ode"`` DDIM).
 INPAINT_SAMPLERS = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "ode")
 
 
