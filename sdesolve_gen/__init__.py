@@ -19,7 +19,7 @@ from .solution import Solution
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .correctors import annealed_langevin, predictor_corrector
 from .analytic import analytic_classifier, analytic_conditional_score, gaussian_conditional
-from .guidance import classifier_free_guidance, classifier_guidance
+from .guidance import classifier_free_guidance, classifier_guidance, label_guidance
 from .samplers import SAMPLERS, SamplerSpec, adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, inpaint, ode, reverse_diffusion
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
@@ -41,6 +41,7 @@ __all__ = [
     "guidance",
     "classifier_guidance",
     "classifier_free_guidance",
+    "label_guidance",
     "analytic_classifier",
     "analytic_conditional_score",
     "inpaint",

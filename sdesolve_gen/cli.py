@@ -3,8 +3,8 @@ r"""The ``sdesolve-gen`` command line.
 Subcommands (``sdesolve-gen <command> --help`` for each)::
 
     sdesolve-gen demo        [--out demo.png] [--seed 0] [-n 10000] ...
-    sdesolve-gen train       --ckpt DIR [--data eight_gaussians|two_moons|swiss_roll|checkerboard|digits] [--steps N] [--resume]
-    sdesolve-gen sample      DIR [--sampler NAME] [-n N] [--steps N] [--seed S] [--out samples.pt|.png]
+    sdesolve-gen train       --ckpt DIR [--data eight_gaussians|two_moons|swiss_roll|checkerboard|digits] [--conditional] [--steps N] [--resume]
+    sdesolve-gen sample      DIR [--sampler NAME] [-n N] [--steps N] [--seed S] [--class K [--cfg W]] [--out samples.pt|.png]
     sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S]
     sdesolve-gen bench       [--quick] [--out DIR] [--only SECTION ...]
 
@@ -363,15 +363,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"argument --out: directory {os.path.dirname(os.path.abspath(out))!r} does not exist")
     import torch
 
+    if not math.isfinite(args.cfg):
+        raise CLIError(f"argument --cfg: must be a finite number, got {args.cfg!r}")
     m = _load_model(args.checkpoint, args.weights)
     sde, model = m["sde"], m["model"]
+    what = ""
+    if args.label is not None:
+        if not m["cfg"].get("conditional"):
+            raise CLIError("argument --class: the checkpoint is not class-conditional (train it with --conditional)")
+        if not 0 <= args.label < _N_DIGIT_CLASSES:
+            raise CLIError(f"argument --class: must lie in [0, {_N_DIGIT_CLASSES - 1}], got {args.label}")
+        from .guidance import label_guidance
+
+        model = label_guidance(model, args.label, args.cfg, null_label=_N_DIGIT_CLASSES, num_classes=_N_DIGIT_CLASSES)
+        what = f", class {args.label}, cfg {args.cfg:g}"
+    elif args.cfg != 0.0:
+        raise CLIError("argument --cfg: needs --class")
     g = torch.Generator().manual_seed(args.seed)
     x_T = sde.prior_sample((args.n, *m["shape"]), generator=g, dtype=torch.float32)
-    with torch.no_grad():
-        info = _run_sampler(args.sampler, sde, model, x_T, args.steps, g, args.progress)
-        x = info.x
-    print(f"{info.method}: {args.n} samples from {m['cfg']['data']} (checkpoint step {m['step']}, {args.weights} weights), "
-          f"NFE {info.nfe}, wall {info.wall_time:.2f} s")
+    info = _run_sampler(args.sampler, sde, model, x_T, args.steps, g, args.progress)
+    x = info.x
+    print(f"{info.method}: {args.n} samples from {m['cfg']['data']}{what} (checkpoint step {m['step']}, "
+          f"{args.weights} weights), NFE {info.nfe}, wall {info.wall_time:.2f} s")
     if m["target"] is not None:
         p0 = m["target"]
         lp = p0.log_prob(x.double())
@@ -505,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
     s.add_argument("--out", default="samples.pt", help="output: .pt (tensor) or .png (figure) (default: samples.pt)")
     s.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    s.add_argument("--class", dest="label", type=_int, default=None, metavar="K",
+                   help="conditional checkpoints: sample class K (default: unconditional, the null label)")
+    s.add_argument("--cfg", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance scale w with --class: s = (1+w) s(x|K) - w s(x) (default: 0)")
     s.set_defaults(func=_cmd_sample)
 
     lk = sub.add_parser("likelihood", help="PF-ODE log-likelihood of held-out data under a checkpoint",

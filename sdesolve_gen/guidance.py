@@ -53,6 +53,7 @@ CondScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 __all__ = [
     "classifier_guidance",
     "classifier_free_guidance",
+    "label_guidance",
     "analytic_classifier",
     "analytic_conditional_score",
     "gaussian_conditional",
@@ -160,6 +161,56 @@ def classifier_free_guidance(cond_score_fn: CondScoreFn, uncond_score_fn: ScoreF
         if w == 0.0:
             return s_c
         return (1.0 + w) * s_c - w * uncond_score_fn(x, t)
+
+    return guided
+
+
+def label_guidance(model: Callable[..., Tensor], y: Label, scale: float, *, null_label: int, num_classes: int,
+                   label_kwarg: str = "y") -> ScoreFn:
+    r"""Classifier-free guidance for ONE network trained with label dropout (a null label).
+
+    With ``model(x, t, **{label_kwarg: labels})`` the conditional score,
+    :math:`s = (1+w)\,s(x, t \mid y) - w\,s(x, t \mid arnothing)`, the same convention as
+    :func:`classifier_free_guidance` (``scale`` :math:`= w`, ``0`` = plain conditional). Both
+    branches run in one forward pass on the doubled batch ``(2B, *shape)`` (as diffusers
+    does), so a sampler's ``nfe`` counts one call per step while the network sees ``2B``
+    samples; with ``scale == 0`` only the conditional half is evaluated.
+
+    Args:
+        model: a conditional score model, e.g. ``ScoreModel(UNet(num_classes=K), sde)``.
+        y: the class, an int or an integer tensor ``(B,)`` in ``[0, num_classes)``.
+        scale: :math:`w`, a finite real number.
+        null_label: the label the model was trained on when the class was dropped.
+        num_classes: number of real classes ``K`` (labels ``0 .. K-1``).
+        label_kwarg: the keyword the model takes its labels by.
+
+    Returns:
+        A score function ``(x, t) -> (B, *shape)``.
+
+    Raises:
+        TypeError, ValueError: on a non-callable ``model``, a bad ``scale``, or labels of the
+            wrong type, shape or range (named).
+    """
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x, t, {label_kwarg}=labels), got {type(model).__name__}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if isinstance(null_label, bool) or not isinstance(null_label, int) or 0 <= null_label < num_classes:
+        raise ValueError(f"null_label must be an int outside the real classes [0, {num_classes}), got {null_label!r}")
+    if not isinstance(label_kwarg, str) or not label_kwarg.isidentifier():
+        raise ValueError(f"label_kwarg must be an argument name, got {label_kwarg!r}")
+    w = _check_scale(scale)
+    y = check_label(y, num_classes)
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        B = x.shape[0]
+        labels = label_for_batch(y, B).to(x.device).expand(B)
+        if w == 0.0:
+            return model(x, t, **{label_kwarg: labels})
+        both = torch.cat([labels, torch.full_like(labels, null_label)])
+        tt = t.expand(B).repeat(2) if t.dim() == 1 else t
+        s = model(torch.cat([x, x]), tt, **{label_kwarg: both})
+        return (1.0 + w) * s[:B] - w * s[B:]
 
     return guided
 

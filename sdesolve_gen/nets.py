@@ -158,6 +158,10 @@ class UNet(nn.Module):
         if self.label is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            elif not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (x.shape[0],):
+                got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},), got {got}")
+            # (the range [0, num_classes] is checked where labels are made, not per forward pass: no host sync)
             e = e + self.label(y)
         elif y is not None:
             raise ValueError("y was given but the UNet has no class conditioning (num_classes=None)")

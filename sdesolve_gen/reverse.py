@@ -118,7 +118,12 @@ class _ScoreCaller(nn.Module):
         if self.data_shape is not None:
             x = x.reshape(shape[0], *self.data_shape)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
-            s = self.score_fn(x, t, **self.model_kwargs)
+            try:
+                s = self.score_fn(x, t, **self.model_kwargs)
+            except TypeError as err:
+                if self.model_kwargs and "keyword argument" in str(err):
+                    raise TypeError(f"model_kwargs {sorted(self.model_kwargs)} were not accepted by score_fn: {err}") from err
+                raise
         self.nfe += 1
         if not isinstance(s, torch.Tensor) or s.shape != x.shape:
             got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__

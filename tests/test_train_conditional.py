@@ -112,3 +112,30 @@ def test_cli_conditional_digits(tmp_path, capsys):
     rc = cli.main(["train", "--ckpt", str(tmp_path / "t"), "--conditional"])
     _, err = capsys.readouterr()
     assert rc == 2 and "--data digits" in err
+
+
+def test_cli_samples_a_class_with_guidance(tmp_path, capsys):
+    """`sample --class K --cfg W` on a conditional checkpoint; clear errors for misuse (exit 2)."""
+    from sdesolve_gen import cli
+
+    ck = tmp_path / "ck"
+    assert cli.main(["train", "--ckpt", str(ck), "--data", "digits", "--conditional", "--steps", "2", "--batch-size", "8"]) == 0
+    out_a, out_b = tmp_path / "a.pt", tmp_path / "b.pt"
+    base = ["sample", str(ck), "-n", "4", "--steps", "3", "--sampler", "dpm_solver_pp_2m"]
+    assert cli.main(base + ["--class", "3", "--cfg", "2", "--out", str(out_a)]) == 0
+    out, _ = capsys.readouterr()
+    assert "class 3, cfg 2" in out
+    assert cli.main(base + ["--class", "5", "--cfg", "2", "--out", str(out_b)]) == 0
+    a, b = torch.load(out_a)["samples"], torch.load(out_b)["samples"]
+    assert a.shape == (4, 1, 8, 8) and not torch.allclose(a, b)  # the class reaches the network
+    assert cli.main(base + ["--class", "3", "--cfg", "2", "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0
+    capsys.readouterr()
+    for args, msg in ((["--class", "10"], "--class"), (["--cfg", "2"], "needs --class"), (["--class", "1", "--cfg", "nan"], "--cfg")):
+        assert cli.main(base + args + ["--out", str(tmp_path / "d.pt")]) == 2
+        assert msg in capsys.readouterr().err
+    unc = tmp_path / "unc"
+    assert cli.main(["train", "--ckpt", str(unc), "--steps", "2", "--batch-size", "8"]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", str(unc), "-n", "4", "--steps", "2", "--class", "1", "--out", str(tmp_path / "e.pt")]) == 2
+    assert "not class-conditional" in capsys.readouterr().err
