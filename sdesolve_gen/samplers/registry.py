@@ -28,6 +28,7 @@ from ..integrate import timesteps
 from ..sde import LinearSDE
 from ..solution import Solution
 from .langevin import annealed_langevin, predictor_corrector
+from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
 
@@ -163,6 +164,30 @@ SAMPLERS = Registry([
                 kwargs=MappingProxyType({"order": 3}), summary="singlestep DPM-Solver-3"),
     SamplerSpec("dpm_solver_pp_2m", dpm_solver_pp_2m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
                 summary="multistep DPM-Solver++(2M)"),
+    # Declared orders are the global orders measured with the default warm-up (test_sampler_family):
+    # DPM-Solver++(3M)'s first (order-1) step limits it to 2; DEIS-3's eps-form first step does not.
+    SamplerSpec("dpm_solver_pp_3m", dpm_solver_pp_3m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                summary="multistep DPM-Solver++(3M) (order-1 warm-up step: global order 2)"),
+    SamplerSpec("dpm_solver_pp_2s", dpm_solver_pp_2s, stochastic=False, order=2, nfe_per_step=2, grid="logsnr",
+                summary="singlestep DPM-Solver++(2S), midpoint in log-SNR"),
+    SamplerSpec("unipc_bh1_1", unipc, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 1, "variant": "bh1"}), summary="UniPC-1, B(h)=h (DDIM + UniC)"),
+    SamplerSpec("unipc_bh1_2", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 2, "variant": "bh1"}), summary="UniPC-2, B(h)=h"),
+    SamplerSpec("unipc_bh1_3", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3, "variant": "bh1"}), summary="UniPC-3, B(h)=h"),
+    SamplerSpec("unipc_bh2_1", unipc, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 1, "variant": "bh2"}), summary="UniPC-1, B(h)=e^h-1"),
+    SamplerSpec("unipc_bh2_2", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 2, "variant": "bh2"}), summary="UniPC-2, B(h)=e^h-1"),
+    SamplerSpec("unipc_bh2_3", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3, "variant": "bh2"}), summary="UniPC-3, B(h)=e^h-1"),
+    SamplerSpec("dpm_solver_pp_3m_unic", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3, "predictor": "dpmpp"}), summary="DPM-Solver++(3M) predictor + UniC-3 corrector"),
+    SamplerSpec("deis2", deis, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 2}), summary="DEIS-tAB2 (Lagrange eps in log-SNR)"),
+    SamplerSpec("deis3", deis, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3}), summary="DEIS-tAB3 (Lagrange eps in log-SNR)"),
 ])
 
 
