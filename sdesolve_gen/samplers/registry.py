@@ -28,7 +28,9 @@ from ..integrate import timesteps
 from ..sde import LinearSDE
 from ..solution import Solution
 from .langevin import annealed_langevin, predictor_corrector
+from .adaptive_exp import dpm_solver_adaptive
 from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
+from .stochastic import dpm_solver_pp_2m_sde, edm_sde, sa_solver
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
 
@@ -188,6 +190,15 @@ SAMPLERS = Registry([
                 kwargs=MappingProxyType({"order": 2}), summary="DEIS-tAB2 (Lagrange eps in log-SNR)"),
     SamplerSpec("deis3", deis, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
                 kwargs=MappingProxyType({"order": 3}), summary="DEIS-tAB3 (Lagrange eps in log-SNR)"),
+    SamplerSpec("dpm_solver_adaptive", dpm_solver_adaptive, stochastic=False, order=3, nfe_per_step=None, adaptive=True,
+                grid="logsnr", summary="adaptive DPM-Solver++-23 in log-SNR, per-sample error control"),
+    # Stochastic few-step samplers: declared weak order 1 (what is guaranteed; not measured here).
+    SamplerSpec("dpm_solver_pp_2m_sde", dpm_solver_pp_2m_sde, stochastic=True, order=1, nfe_per_step=1, grid="logsnr",
+                summary="DPM-Solver++(2M) SDE (midpoint, eta=1)"),
+    SamplerSpec("edm_sde", edm_sde, stochastic=True, order=1, nfe_per_step=2, nfe_extra=-1, grid="edm",
+                summary="EDM stochastic sampler (S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1)"),
+    SamplerSpec("sa_solver", sa_solver, stochastic=True, order=1, nfe_per_step=1, grid="logsnr",
+                summary="SA-Solver stochastic Adams predictor (order 2, tau=1)"),
 ])
 
 
