@@ -167,9 +167,12 @@ SAMPLERS = Registry([
     SamplerSpec("dpm_solver_pp_2m", dpm_solver_pp_2m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
                 summary="multistep DPM-Solver++(2M)"),
     # Declared orders are the global orders measured with the default warm-up (test_sampler_family):
-    # DPM-Solver++(3M)'s first (order-1) step limits it to 2; DEIS-3's eps-form first step does not.
+    # The published DPM-Solver++(3M) weights its second difference by half the exact quadratic
+    # integral's weight: measured global order 2; with exact_quadratic=True it is order 3.
     SamplerSpec("dpm_solver_pp_3m", dpm_solver_pp_3m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
-                summary="multistep DPM-Solver++(3M) (order-1 warm-up step: global order 2)"),
+                summary="multistep DPM-Solver++(3M) as published/diffusers (measured global order 2)"),
+    SamplerSpec("dpm_solver_pp_3m_exact", dpm_solver_pp_3m, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"exact_quadratic": True}), summary="DPM-Solver++(3M), quadratic interpolant integrated exactly"),
     SamplerSpec("dpm_solver_pp_2s", dpm_solver_pp_2s, stochastic=False, order=2, nfe_per_step=2, grid="logsnr",
                 summary="singlestep DPM-Solver++(2S), midpoint in log-SNR"),
     SamplerSpec("unipc_bh1_1", unipc, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
