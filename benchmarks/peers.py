@@ -30,13 +30,12 @@ import math
 import sys
 import time
 import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sdesolve_gen.integrate import t_of_lambda
 
 K_DIFFUSION_HINT = "k-diffusion not installed: run `pip install --no-deps k-diffusion` to enable this comparison"
 
@@ -103,7 +102,7 @@ class KDenoiser(torch.nn.Module):
         key = float(sigma_ve)
         if key not in self._cache:
             lam = torch.tensor(-math.log(key), dtype=torch.float64)
-            self._cache[key] = t_of_lambda(self.sde, lam).clamp(0.0, self.sde.T)
+            self._cache[key] = self.sde.t_of_lambda(lam).clamp(0.0, self.sde.T)
         return self._cache[key]
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -155,3 +154,89 @@ def rk45_log_likelihood(
     delta = torch.from_numpy(sol.y[n:, -1]).to(x.dtype)
     logp = sde.prior_log_prob(zT) + delta
     return {"log_prob": logp, "nfe": nfe[0], "wall_time": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------------------- diffusers
+
+DIFFUSERS_HINT = "diffusers not installed: run `pip install diffusers` to enable the diffusers peers"
+
+
+def load_diffusers() -> Optional[types.ModuleType]:
+    """Return the ``diffusers`` module, or ``None`` if it is not installed."""
+    try:
+        import diffusers  # type: ignore
+
+        return diffusers
+    except ImportError:
+        return None
+
+
+def diffusers_scheduler(sde: Any, cls_name: str, n_steps: int, **config: Any) -> Any:
+    r"""A diffusers scheduler whose discrete process is our SDE, with ``n_steps`` inference steps.
+
+    diffusers' schedulers are discrete VP processes with :math:`\bar\alpha_k` (``alphas_cumprod``) on
+    1000 training timesteps. We give them ``trained_betas`` such that
+    :math:`\bar\alpha_k = \alpha_{vp}(t_k)^2`, :math:`t_k = \varepsilon + k(T - \varepsilon)/999` (timestep
+    999 is :math:`T`, timestep 0 is :math:`\varepsilon`), where :math:`\alpha_{vp} = \alpha/\sqrt{\alpha^2+\sigma^2}`
+    is the VP process with the same log-SNR (for VP it is :math:`\alpha`; for VE
+    :math:`1/\sqrt{1+\sigma^2}`). ``prediction_type="epsilon"``, ``final_sigmas_type="sigma_min"``
+    (the last step ends at :math:`\varepsilon`), other options from ``config``.
+    """
+    import diffusers  # type: ignore
+
+    k = torch.arange(1000, dtype=torch.float64)
+    t = sde.eps + k * (sde.T - sde.eps) / 999
+    a2 = torch.exp(2 * sde.log_alpha(t))
+    acp = a2 / (a2 + sde.sigma2(t))
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), acp[:-1]])
+    betas = (1 - acp / prev).clamp(min=0.0).numpy()
+    cfg = dict(trained_betas=betas, prediction_type="epsilon")
+    if cls_name not in ("DDIMScheduler", "DEISMultistepScheduler"):  # DEIS always ends at timestep 0's sigma
+        cfg["final_sigmas_type"] = "sigma_min"
+    cfg.update(config)
+    sch = getattr(diffusers, cls_name)(**cfg)
+    sch.set_timesteps(n_steps)
+    return sch
+
+
+def diffusers_sample(sde: Any, score_fn: Callable[[Tensor, Tensor], Tensor], sch: Any, x_T: Tensor,
+                     dtype: torch.dtype = torch.float32) -> Tuple[Tensor, int, Tensor]:
+    r"""Run a configured diffusers scheduler from our :math:`x_T`; return ``(x(eps), nfe, times)``.
+
+    State mapping: the VP-equivalent state is :math:`x/c(t)`, :math:`c = \sqrt{\alpha^2+\sigma^2}`
+    (1 for VP). The model is evaluated at the continuous time of the scheduler's noise level
+    :math:`\tilde\sigma_k` = ``sch.sigmas[k]`` (:math:`t = \lambda^{-1}(-\log\tilde\sigma_k)`), so each
+    evaluation is the exact :math:`\hat\epsilon = -\sigma_t s(x_t, t)` at the noise level the
+    scheduler's update assumes (timesteps rounded by diffusers do not matter). With Karras sigmas
+    diffusers appends the last sigma twice (a final step of size 0, which would cost one NFE and
+    divide by zero); the loop stops before it, so ask for one more inference step than the NFE
+    budget (:func:`diffusers_steps_for`). The loop runs in
+    ``dtype`` (float32 by default); ``times`` are the times visited, for running our samplers on
+    the same grid.
+    """
+    sig = sch.sigmas.to(torch.float64)
+    lam = -torch.log(sig.clamp(min=1e-30))
+    times = sde.t_of_lambda(lam).clamp(max=sde.T)
+    times[0] = min(float(times[0]), sde.T)
+
+    def c_of(t: Tensor) -> float:
+        return float(torch.sqrt(torch.exp(2 * sde.log_alpha(t)) + sde.sigma2(t)))
+
+    x = (x_T.to(torch.float64) / c_of(times[0])).to(dtype)
+    nfe = 0
+    for k, ts in enumerate(sch.timesteps):
+        if float(sig[k + 1]) == float(sig[k]):
+            break  # degenerate zero-length final step (see above)
+        t = times[k]
+        c, sigma = c_of(t), float(torch.sqrt(sde.sigma2(t)))
+        xt = x.to(torch.float64) * c
+        eps = (-sigma * score_fn(xt, t)).to(dtype)
+        nfe += 1
+        x = sch.step(eps, ts, x).prev_sample
+    times = times[: nfe + 1]
+    return x.to(torch.float64) * c_of(times[-1]), nfe, times
+
+
+def diffusers_steps_for(nfe: int, config: dict) -> int:
+    """Inference steps giving ``nfe`` evaluations (Karras grids: one more, the last being degenerate)."""
+    return nfe + 1 if config.get("use_karras_sigmas") else nfe

@@ -1,149 +1,273 @@
-r"""Sampling vs k-diffusion on the SAME exact GMM score, the same initial noise, matched NFE.
+r"""Few-step sampling vs diffusers and k-diffusion on the SAME exact GMM score, the same x_T, matched NFE.
 
-For each problem (GMM dimension x {VP, VE}) and each NFE budget, every sampler starts from the same
-:math:`x_T \sim \pi` (k-diffusion gets :math:`x_T/\alpha_T`, see :mod:`benchmarks.peers`) and its
-output is scored by sliced W2 against exact data samples and by the mean exact log-density gap.
-The "noise floor" row is SW2 between two independent exact samples of the same size.
+Yardstick (it can rank deterministic samplers): the trajectory error, the mean over samples of
+the per-sample RMS error of :math:`x(\varepsilon)/\alpha_\varepsilon` against a dopri5 solve with
+``rtol = atol = 1e-9`` from the same :math:`x_T` (:func:`~sdesolve_gen.samplers.trajectory_rmse`).
+Sliced W2 to exact data samples is kept as a distribution check (it cannot rank: its Monte-Carlo
+floor, the SW2 between two exact samples, is printed on the "exact samples (floor)" row); it is
+the only metric of the stochastic samplers.
+
+Peers in the same run: diffusers (UniPC bh1/bh2 orders 2-3, DPM-Solver++ 2M/3M, DEIS-3, each on
+its default linspace timesteps and on Karras sigmas; see :func:`benchmarks.peers.diffusers_scheduler`)
+in float32, and k-diffusion (euler, heun, dpm_2, lms, dpm++2M on Karras grids ending at
+:math:`\tilde\sigma_{\min}`, dpm_fast, dpm_adaptive). Our NFE arithmetic comes from the registry
+(``SamplerSpec.steps_for``). Our calibrated grids are optimised on separate calibration noise and
+evaluated on the benchmark's (held-out) :math:`x_T`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import time
 from typing import Any, Dict, List
 
 import torch
 
-from sdesolve_gen.samplers import SAMPLERS
 from sdesolve_gen.integrate import timesteps
+from sdesolve_gen.samplers import SAMPLERS, calibrate_timesteps, trajectory_rmse
 from sdesolve_gen.sde import VESDE, VPSDE
 
-from .metrics import mean_log_density, median_time, sliced_w2
-from .peers import K_DIFFUSION_HINT, KDenoiser, load_k_sampling
+from .metrics import median_time, sliced_w2
+from .peers import (DIFFUSERS_HINT, K_DIFFUSION_HINT, KDenoiser, diffusers_sample, diffusers_scheduler,
+                    diffusers_steps_for, load_diffusers, load_k_sampling)
 from .problems import gmm
 
-
-#: Our samplers in the comparison, by registry name, with the grid each runs on.
+#: Our deterministic samplers, by registry name, each on the grids listed.
 OURS = (
-    ("euler_maruyama", "edm"),
-    ("ancestral", "edm"),
-    ("heun", "edm"),
-    ("dpm_solver1", "logsnr"),
-    ("dpm_solver2", "logsnr"),
-    ("dpm_solver3", "logsnr"),
-    ("dpm_solver_pp_2m", "logsnr"),
+    ("heun", ("edm",)),
+    ("dpm_solver3", ("logsnr",)),
+    ("dpm_solver_pp_2s", ("logsnr",)),
+    ("dpm_solver_pp_2m", ("logsnr", "edm")),
+    ("dpm_solver_pp_3m", ("logsnr", "edm")),
+    ("unipc_bh1_2", ("logsnr", "edm")),
+    ("unipc_bh2_2", ("logsnr", "edm")),
+    ("unipc_bh1_3", ("logsnr", "edm")),
+    ("unipc_bh2_3", ("logsnr", "edm")),
+    ("dpm_solver_pp_3m_unic", ("logsnr", "edm")),
+    ("deis3", ("logsnr", "edm")),
 )
+#: Our stochastic samplers (SW2 only).
+OURS_SDE = (("dpm_solver_pp_2m_sde", "logsnr"), ("sa_solver", "logsnr"), ("edm_sde", "edm"))
+#: Calibrated at the smallest budget: registry name.
+CALIBRATED = ("dpm_solver_pp_2m", "unipc_bh2_2")
+#: diffusers peers: label -> (scheduler class, config).
+DIFFUSERS = {
+    f"{name}{' karras' if k else ''}": (cls, dict(cfg, **({"use_karras_sigmas": True} if k else {})))
+    for name, cls, cfg in (
+        ("unipc bh1-2", "UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh1"}),
+        ("unipc bh1-3", "UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1"}),
+        ("unipc bh2-2", "UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
+        ("unipc bh2-3", "UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh2"}),
+        ("dpm++2M", "DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++"}),
+        ("dpm++3M", "DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver++"}),
+        ("deis-3", "DEISMultistepScheduler", {"solver_order": 3}),
+    )
+    for k in (False, True)
+}
+ADAPTIVE_TOL = 0.05
 
 
-def _ours(sde, score, x_T, nfe: int, gen_seed: int) -> Dict[str, Any]:
-    """Our samplers with step counts from the registry so that NFE (incl. the final Tweedie denoise) <= nfe."""
-    out = {}
-    for name, kind in OURS:
-        spec = SAMPLERS[name]
-        ts = timesteps(sde, spec.steps_for(nfe - 1), kind=kind)
-
-        def go(spec=spec, ts=ts):
-            g = torch.Generator().manual_seed(gen_seed)
-            sol = spec(sde, score, x_T, ts, generator=g, denoise=True)
-            return sol.x, sol.nfe
-
-        out[f"ours: {name}"] = go
-    return out
+def _alpha(sde, t: float) -> float:
+    return math.exp(float(sde.log_alpha(torch.tensor(t, dtype=torch.float64))))
 
 
-def _peers(ks, sde, score, x_T, nfe: int, gen_seed: int):
+def _k_peers(ks, sde, score, x_T, nfe: int) -> Dict[str, Any]:
     den = KDenoiser(sde, score)
-    alpha_T = float(sde.alpha(torch.tensor(sde.T, dtype=torch.float64)))
-    eps_t = torch.tensor(sde.eps, dtype=torch.float64)
-    s_min = float(sde.sigma(eps_t) / sde.alpha(eps_t))
-    s_max = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))) / alpha_T
-    x0 = x_T / alpha_T
+    aT, ae = _alpha(sde, sde.T), _alpha(sde, sde.eps)
+    s_min = float(sde.sigma(torch.tensor(sde.eps, dtype=torch.float64))) / ae
+    s_max = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))) / aT
+    x0 = x_T / aT
 
-    def sig(n):
-        return ks.get_sigmas_karras(n, s_min, s_max, rho=7.0).to(x_T.dtype)
+    def sig(n):  # n steps on the Karras grid s_max -> s_min, no trailing zero: the solve ends at eps
+        return ks.get_sigmas_karras(n + 1, s_min, s_max, rho=7.0)[:-1].to(x_T.dtype)
 
-    single, double = nfe, max(1, (nfe + 1) // 2)
     runs = {
-        "k-diff: euler": lambda: ks.sample_euler(den, x0, sig(single), disable=True),
-        "k-diff: heun": lambda: ks.sample_heun(den, x0, sig(double), disable=True),
-        "k-diff: dpm_2": lambda: ks.sample_dpm_2(den, x0, sig(double), disable=True),
-        "k-diff: lms": lambda: ks.sample_lms(den, x0, sig(single), disable=True),
-        "k-diff: dpm++2M": lambda: ks.sample_dpmpp_2m(den, x0, sig(single), disable=True),
-        "k-diff: dpm++SDE": lambda: ks.sample_dpmpp_sde(
-            den, x0, sig(double), disable=True,
-            noise_sampler=lambda s, sn: torch.randn(x0.shape, generator=gen, dtype=x0.dtype)),
-        "k-diff: dpm_adaptive": lambda: ks.sample_dpm_adaptive(den, x0, s_min, s_max, rtol=0.05, atol=0.0078, disable=True),
+        "k-diff: euler": lambda: ks.sample_euler(den, x0, sig(nfe), disable=True),
+        "k-diff: heun": lambda: ks.sample_heun(den, x0, sig(nfe // 2), disable=True),
+        "k-diff: dpm_2": lambda: ks.sample_dpm_2(den, x0, sig(nfe // 2), disable=True),
+        "k-diff: lms": lambda: ks.sample_lms(den, x0, sig(nfe), disable=True),
+        "k-diff: dpm++2M": lambda: ks.sample_dpmpp_2m(den, x0, sig(nfe), disable=True),
+        "k-diff: dpm_fast": lambda: ks.sample_dpm_fast(den, x0, s_min, s_max, nfe, disable=True),
     }
-    gen = torch.Generator()
 
     def wrap(f):
         def go():
-            gen.manual_seed(gen_seed)
             den.nfe = 0
-            x = f()
-            return x, den.nfe
+            return f() * ae, den.nfe
         return go
 
     return {k: wrap(f) for k, f in runs.items()}
 
 
-QUICK = {"dims": [2, 16], "nfes": [10, 20], "n": 2000}
-FULL = {"dims": [2, 16, 64], "nfes": [10, 20, 50, 100], "n": 4000}
+QUICK = {"dims": [2], "nfes": [10, 20], "n": 300, "calib_n": 100, "calib_evals": 40}
+FULL = {"dims": [2, 16, 64], "nfes": [10, 20, 50], "n": 1000, "calib_n": 400, "calib_evals": 400}
 
 
-def run(*, quick: bool, repeats: int, log=print) -> Dict[str, Any]:
-    """Run the sampling comparison (sizes from ``QUICK`` / ``FULL``); return a dict with ``rows``
-    (list of dicts), ``skipped`` and ``n_samples``."""
+def run(*, quick: bool, repeats: int, log=print, out: str = "") -> Dict[str, Any]:
+    """Run the comparison; return ``rows`` (one dict per problem x method x budget), ``skipped``,
+    ``n_samples``, ``calibration`` (cost per calibrated grid) and ``plots``."""
     sizes = QUICK if quick else FULL
     dims, nfes, n = sizes["dims"], sizes["nfes"], sizes["n"]
-    ks = load_k_sampling()
+    calib_n, calib_evals = sizes.get("calib_n", 100), sizes.get("calib_evals", 40)
+    ks, dfs = load_k_sampling(), load_diffusers()
     skipped: List[str] = []
-    if ks is None:
-        skipped.append(K_DIFFUSION_HINT)
-        log(K_DIFFUSION_HINT)
+    for mod, hint in ((ks, K_DIFFUSION_HINT), (dfs, DIFFUSERS_HINT)):
+        if mod is None:
+            skipped.append(hint)
+            log(hint)
     rows: List[Dict[str, Any]] = []
+    calib: List[Dict[str, Any]] = []
     for dim in dims:
         data = gmm(dim, seed=dim)
-        ref = data.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        ref2 = data.sample(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        exact_logp = mean_log_density(data, ref2)
-        floor = sliced_w2(ref, ref2)
+        ref_s = data.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        ref_s2 = data.sample(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        floor = sliced_w2(ref_s, ref_s2)
         for sde_name, sde in (("VP", VPSDE()), ("VE", VESDE())):
+            prob = f"GMM{dim}-{sde_name}"
             score = data.score_fn(sde)
             x_T = sde.prior_sample((n, dim), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-            rows.append(dict(problem=f"GMM{dim}-{sde_name}", dim=dim, sde=sde_name, method="exact samples (floor)",
-                             nfe_budget=0, nfe=0, sw2=floor, logp_gap=0.0, time=0.0))
+            x_cal = sde.prior_sample((calib_n, dim), generator=torch.Generator().manual_seed(30), dtype=torch.float64)
+            ae = _alpha(sde, sde.eps)
+            ref = SAMPLERS["ode"](sde, score, x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
+            base = dict(problem=prob, dim=dim, sde=sde_name)
+            rows.append(dict(base, method="exact samples (floor)", kind="floor", nfe_budget=0, nfe=0, err=0.0, sw2=floor, time=0.0))
+
+            def record(name, kind, budget, fn):
+                t, (x, used) = median_time(fn, repeats, warmup=1 if repeats == 1 else 0)
+                ok = bool(torch.isfinite(x).all())
+                err = trajectory_rmse(x, ref, ae) if ok and kind != "ours-sde" else (math.inf if not ok else None)
+                rows.append(dict(base, method=name, kind=kind, nfe_budget=budget, nfe=int(used), err=err,
+                                 sw2=sliced_w2(x, ref_s) if ok else math.inf, time=t))
+
             for nfe in nfes:
-                cands = dict(_ours(sde, score, x_T, nfe, 4))
+                for name, grids in OURS:
+                    spec = SAMPLERS[name]
+                    for g in grids:
+                        ts = timesteps(sde, spec.steps_for(nfe), kind=g)
+                        record(f"ours: {name} [{g}]", "ours", nfe,
+                               lambda spec=spec, ts=ts: (lambda s: (s.x, s.nfe))(spec(sde, score, x_T, ts)))
+                for name, g in OURS_SDE:
+                    spec = SAMPLERS[name]
+                    ts = timesteps(sde, spec.steps_for(nfe), kind=g)
+                    record(f"ours: {name} [{g}]", "ours-sde", nfe, lambda spec=spec, ts=ts: (lambda s: (s.x, s.nfe))(
+                        spec(sde, score, x_T, ts, generator=torch.Generator().manual_seed(4))))
+                if nfe == nfes[0]:
+                    for name in CALIBRATED:
+                        res = calibrate_timesteps(sde, score, name, nfe, x_cal, max_evals=calib_evals)
+                        ts = res.ts
+                        info = {k: v for k, v in dataclasses.asdict(res).items() if k not in ("ts", "sampler", "nfe")}
+                        calib.append(dict(problem=prob, method=name, nfe=nfe, **info))
+                        spec = SAMPLERS[name]
+                        record(f"ours: {name} [calibrated]", "ours-calibrated", nfe,
+                               lambda spec=spec, ts=ts: (lambda s: (s.x, s.nfe))(spec(sde, score, x_T, ts)))
+                    spec = SAMPLERS["dpm_solver_adaptive"]
+                    record(f"ours: dpm_solver_adaptive [tol {ADAPTIVE_TOL}]", "ours-adaptive", 0, lambda spec=spec: (
+                        lambda s: (s.x, s.nfe))(spec(sde, score, x_T, timesteps(sde, 1), rtol=ADAPTIVE_TOL, atol=ADAPTIVE_TOL)))
+                if dfs is not None:
+                    for label, (cls, cfg) in DIFFUSERS.items():
+                        steps = diffusers_steps_for(nfe, cfg)
+                        record(f"diffusers: {label}", "peer", nfe, lambda cls=cls, cfg=cfg, steps=steps: diffusers_sample(
+                            sde, score, diffusers_scheduler(sde, cls, steps, **cfg), x_T.to(torch.float32))[:2])
                 if ks is not None:
-                    cands.update(_peers(ks, sde, score, x_T, nfe, 4))
-                for name, fn in cands.items():
-                    if name.endswith("dpm_adaptive") and nfe != nfes[0]:
-                        continue  # adaptive: one run, its own NFE
-                    # one untimed warm-up only when a single timed run would otherwise carry first-call costs
-                    t, res = median_time(fn, repeats, warmup=1 if repeats == 1 else 0)
-                    x, used = res
-                    if not bool(torch.isfinite(x).all()):
-                        sw2, gap = math.inf, math.inf
-                    else:
-                        sw2 = sliced_w2(x, ref)
-                        gap = mean_log_density(data, x) - exact_logp
-                    rows.append(dict(problem=f"GMM{dim}-{sde_name}", dim=dim, sde=sde_name, method=name,
-                                     nfe_budget=nfe, nfe=int(used), sw2=sw2, logp_gap=gap, time=t))
-                log(f"  sampling GMM{dim}-{sde_name} NFE {nfe}: done")
-    return {"rows": rows, "skipped": skipped, "n_samples": n}
+                    for label, fn in _k_peers(ks, sde, score, x_T, nfe).items():
+                        record(label, "peer", nfe, fn)
+                    if nfe == nfes[0]:
+                        den = KDenoiser(sde, score)
+                        aT = _alpha(sde, sde.T)
+                        s_min = float(sde.sigma(torch.tensor(sde.eps, dtype=torch.float64))) / ae
+                        s_max = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))) / aT
+
+                        def adapt(den=den, s_min=s_min, s_max=s_max, aT=aT):
+                            den.nfe = 0
+                            x = ks.sample_dpm_adaptive(den, x_T / aT, s_min, s_max, rtol=0.05, atol=0.0078, disable=True)
+                            return x * ae, den.nfe
+
+                        record("k-diff: dpm_adaptive", "peer-adaptive", 0, adapt)
+                log(f"  sampling {prob} NFE {nfe}: done")
+    plots = [plot(rows, out)] if out else []
+    return {"rows": rows, "skipped": skipped, "n_samples": n, "calibration": calib, "plots": plots}
 
 
-def goal(rows: List[Dict[str, Any]], nfe: int = 10) -> Dict[str, Any]:
-    """Per problem: our best SW2 at <= ``nfe`` NFE vs the best k-diffusion SW2 at <= ``nfe`` NFE."""
-    per = {}
+def _best(rows, prob, kinds, budget):
+    sel = [r for r in rows if r["problem"] == prob and r["kind"] in kinds and r["nfe_budget"] == budget
+           and 0 < r["nfe"] <= budget and r["err"] is not None]
+    return min(sel, key=lambda r: r["err"]) if sel else None
+
+
+def goal(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Goals computed from the table: per problem and budget, our best trajectory error vs the best
+    peer's (10 NFE: <= 0.5x, 20 and 50: <= 1x; default grids, and separately with calibrated grids),
+    the adaptive sampler (error <= 1e-2 in <= 30 NFE), and the calibrated grid (>= 2x better than
+    the same sampler's default grid at the smallest budget)."""
+    per: Dict[str, Any] = {}
+    budgets = sorted({r["nfe_budget"] for r in rows if r["kind"] == "ours"})
     for p in sorted({r["problem"] for r in rows}):
-        sel = [r for r in rows if r["problem"] == p and r["nfe_budget"] == nfe and 0 < r["nfe"] <= nfe]
-        ours = [r for r in sel if r["method"].startswith("ours")]
-        peer = [r for r in sel if r["method"].startswith("k-diff")]
-        if not ours or not peer:
-            continue
-        bo = min(ours, key=lambda r: r["sw2"])
-        bp = min(peer, key=lambda r: r["sw2"])
-        per[p] = dict(ours=bo["method"], ours_sw2=bo["sw2"], peer=bp["method"], peer_sw2=bp["sw2"],
-                      passed=bo["sw2"] <= bp["sw2"])
-    return {"per_problem": per, "passed": bool(per) and all(v["passed"] for v in per.values()) if per else None}
+        for b in budgets:
+            need = 0.5 if b == 10 else 1.0
+            bp = _best(rows, p, ("peer",), b)
+            for tag, kinds in (("default grids", ("ours",)), ("incl. calibrated", ("ours", "ours-calibrated"))):
+                bo = _best(rows, p, kinds, b)
+                if bo is None or bp is None or (tag != "default grids" and bo["kind"] != "ours-calibrated"):
+                    continue
+                per[f"{p} @{b} NFE ({tag})"] = dict(kind="ratio", ours=bo["method"], ours_err=bo["err"], peer=bp["method"],
+                                                   peer_err=bp["err"], ratio=bo["err"] / bp["err"], need=need,
+                                                   passed=bo["err"] <= need * bp["err"])
+        ad = [r for r in rows if r["problem"] == p and r["kind"] == "ours-adaptive"]
+        if ad:
+            r = ad[0]
+            per[f"{p} adaptive"] = dict(kind="adaptive", ours=r["method"], err=r["err"], nfe=r["nfe"],
+                                        passed=r["err"] <= 1e-2 and r["nfe"] <= 30)
+        for r in [r for r in rows if r["problem"] == p and r["kind"] == "ours-calibrated"]:
+            name = r["method"].split(": ")[1].split(" [")[0]
+            d = [q for q in rows if q["problem"] == p and q["method"] == f"ours: {name} [{SAMPLERS[name].grid}]"
+                 and q["nfe_budget"] == r["nfe_budget"]]
+            if d:
+                per[f"{p} calibrated {name}"] = dict(kind="calibrated", ours=r["method"], err=r["err"], default_err=d[0]["err"],
+                                                     gain=d[0]["err"] / r["err"], passed=d[0]["err"] >= 2 * r["err"])
+    return {"per_problem": per, "passed": (all(v["passed"] for v in per.values()) if per else None)}
+
+
+def plot(rows: List[Dict[str, Any]], out: str) -> str:
+    """Log-log trajectory error vs NFE, one panel per problem, every method; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = sorted({r["problem"] for r in rows}, key=lambda p: (p[-2:], int(p[3:-3])))
+    cols = min(3, len(probs))
+    nr = math.ceil(len(probs) / cols)
+    fig, axes = plt.subplots(nr, cols, figsize=(6 * cols, 4.6 * nr), squeeze=False)
+    methods = sorted({r["method"] for r in rows if r["kind"] in ("ours", "peer")})
+    cmap = plt.get_cmap("tab20")
+    for ax, p in zip(axes.flat, probs):
+        for j, m in enumerate(methods):
+            pts = sorted((r["nfe"], r["err"]) for r in rows if r["problem"] == p and r["method"] == m and r["err"])
+            if not pts or not all(math.isfinite(e) for _, e in pts):
+                continue
+            ours = m.startswith("ours")
+            ax.plot(*zip(*pts), ("-o" if ours else "--x"), color=cmap(j % 20), lw=1.6 if ours else 0.9, ms=3,
+                    label=m if p == probs[0] else None)
+        for r in rows:
+            if r["problem"] == p and r["kind"] in ("ours-calibrated", "ours-adaptive", "peer-adaptive") and r["err"]:
+                mk = {"ours-calibrated": "*", "ours-adaptive": "D", "peer-adaptive": "s"}[r["kind"]]
+                ax.plot(r["nfe"], r["err"], mk, ms=10, color="k" if r["kind"] != "peer-adaptive" else "grey",
+                        label=(r["kind"] if p == probs[0] else None))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(p)
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("trajectory RMSE (x/alpha)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(probs):]:
+        ax.axis("off")
+    h, l = axes.flat[0].get_legend_handles_labels()
+    fig.legend(h, l, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out, "sampling_error_vs_nfe.png")
+    os.makedirs(out, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -170,7 +170,7 @@ def label_guidance(model: Callable[..., Tensor], y: Label, scale: float, *, null
     r"""Classifier-free guidance for ONE network trained with label dropout (a null label).
 
     With ``model(x, t, **{label_kwarg: labels})`` the conditional score,
-    :math:`s = (1+w)\,s(x, t \mid y) - w\,s(x, t \mid arnothing)`, the same convention as
+    :math:`s = (1+w)\,s(x, t \mid y) - w\,s(x, t \mid \varnothing)`, the same convention as
     :func:`classifier_free_guidance` (``scale`` :math:`= w`, ``0`` = plain conditional). Both
     branches run in one forward pass on the doubled batch ``(2B, *shape)`` (as diffusers
     does), so a sampler's ``nfe`` counts one call per step while the network sees ``2B``

@@ -7,7 +7,7 @@ data = target()
 out = {}
 for name in (sys.argv[1:] or CONFIGS):
     sde = CONFIGS[name][0]
-    xs = [run(name, data, 20000, 1000 + 17 * c)[0] for c in range(10)]
+    xs = [run(name, data, 20000, 1000 + 17 * c).x for c in range(10)]
     x = torch.cat(xs)
     m, v, o = stats(data, sde, x)
     ref = data.marginal(sde.eps, sde)

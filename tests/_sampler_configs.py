@@ -34,6 +34,13 @@ CONFIGS = {
     "dpm_solver3": (VP, S.dpm_solver, lambda s: timesteps(s, 10, kind="logsnr"), {"order": 3}),
     "dpm_solver_pp_2m": (VE, S.dpm_solver_pp_2m, lambda s: timesteps(s, 20, kind="logsnr"), {}),
     "adaptive_sde": (VP, S.adaptive_sde, lambda s: timesteps(s, 1), {"rtol": 1e-2, "atol": 1e-2}),
+    "dpm_solver_pp_3m": (VP, S.dpm_solver_pp_3m, lambda s: timesteps(s, 10, kind="logsnr"), {}),
+    "unipc_bh2_3": (VE, S.unipc, lambda s: timesteps(s, 10, kind="logsnr"), {"order": 3}),
+    "deis3": (VP, S.deis, lambda s: timesteps(s, 10, kind="logsnr"), {}),
+    "dpm_solver_adaptive": (VP, S.dpm_solver_adaptive, lambda s: timesteps(s, 1), {}),
+    "dpm_solver_pp_2m_sde": (VP, S.dpm_solver_pp_2m_sde, lambda s: timesteps(s, 50, kind="logsnr"), {}),
+    "edm_sde": (VP, S.edm_sde, lambda s: timesteps(s, 30, kind="edm"), {}),
+    "sa_solver": (VE, S.sa_solver, lambda s: timesteps(s, 50, kind="logsnr"), {}),
     "annealed_langevin": (VE, C.annealed_langevin, lambda s: timesteps(s, 50), {"n_steps_each": 10, "step_lr": 1e-4}),
 }
 
@@ -82,5 +89,12 @@ BIAS = {
     "dpm_solver3": ([0.0167, 0.006], [0.0356, 0.0147], [0.004, 0.0052, 0.0028]),
     "dpm_solver_pp_2m": ([0.0191, 0.0095], [0.0412, 0.0285], [0.0045, 0.0064, 0.0035]),
     "adaptive_sde": ([0.0086, 0.0063], [0.023, 0.0129], [0.0024, 0.0032, 0.0031]),
+    "dpm_solver_pp_3m": ([0.0228, 0.0135], [0.0922, 0.0818], [0.0038, 0.0061, 0.0039]),
+    "unipc_bh2_3": ([0.0163, 0.0087], [0.1273, 0.0697], [0.0027, 0.0045, 0.0034]),
+    "deis3": ([0.0281, 0.0226], [0.0935, 0.0692], [0.0084, 0.0106, 0.0038]),
+    "dpm_solver_adaptive": ([0.0193, 0.0112], [0.0522, 0.0316], [0.0051, 0.0064, 0.0029]),
+    "dpm_solver_pp_2m_sde": ([0.0082, 0.007], [0.0325, 0.0301], [0.0025, 0.0033, 0.0033]),
+    "edm_sde": ([0.0145, 0.0066], [0.1437, 0.0954], [0.0043, 0.0027, 0.0036]),
+    "sa_solver": ([0.0115, 0.0097], [0.0315, 0.0226], [0.0032, 0.0033, 0.004]),
     "annealed_langevin": ([0.0184, 0.0112], [0.0181, 0.0412], [0.0054, 0.0044, 0.003]),
 }

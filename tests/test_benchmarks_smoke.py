@@ -54,7 +54,7 @@ def test_quick_command_writes_report(tmp_path, monkeypatch):
     """Every non-plot section end to end (sampling at tiny sizes); the report has the keys."""
     import benchmarks.sampling as samp
 
-    monkeypatch.setattr(samp, "QUICK", {"dims": [2], "nfes": [10], "n": 300})
+    monkeypatch.setattr(samp, "QUICK", {"dims": [2], "nfes": [10], "n": 200, "calib_n": 50, "calib_evals": 10})
     out = tmp_path / "res"
     assert main(["--quick", "--out", str(out), "--only", "sampling", "likelihood", "em_overhead", "pf_ode_nfe"]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -63,10 +63,16 @@ def test_quick_command_writes_report(tmp_path, monkeypatch):
     for name in ("sampling", "likelihood", "em_overhead", "pf_ode_nfe"):
         assert name in res["sections"], res["skipped"]
         assert res["sections"][name]["rows"]
-    row = res["sections"]["sampling"]["rows"][1]
-    assert set(row) >= {"problem", "method", "nfe", "sw2", "logp_gap", "time"}
-    assert all(math.isfinite(r["sw2"]) for r in res["sections"]["sampling"]["rows"] if r["method"].startswith("ours"))
-    for key in ("sampling_10nfe", "likelihood", "em_overhead"):
+    rows = res["sections"]["sampling"]["rows"]
+    assert set(rows[1]) >= {"problem", "method", "nfe", "err", "sw2", "time"}
+    assert all(math.isfinite(r["sw2"]) for r in rows if r["method"].startswith("ours"))
+    det = [r for r in rows if r["kind"] in ("ours", "peer")]
+    assert det and all(r["err"] is not None and math.isfinite(r["err"]) for r in det)
+    assert {r["kind"] for r in rows} >= {"ours", "ours-sde", "ours-calibrated", "ours-adaptive", "floor"}
+    assert res["sections"]["sampling"]["calibration"][0]["nfe_total"] > 0
+    with open(res["sections"]["sampling"]["plots"][0], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for key in ("sampling", "likelihood", "em_overhead"):
         assert key in res["goals"] and "per_problem" in res["goals"][key]
         # the verdict is a function of the numbers, not a constant; with no rows (e.g. the
         # optional k-diffusion peer is not installed) it is None, reported as "n/a (skipped)"

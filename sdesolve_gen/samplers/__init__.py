@@ -15,13 +15,20 @@ evaluations per step, default grid, stochastic or not)::
 Modules: :mod:`~sdesolve_gen.samplers.sde` (reverse-SDE samplers),
 :mod:`~sdesolve_gen.samplers.ode` (probability-flow ODE samplers),
 :mod:`~sdesolve_gen.samplers.langevin` (Langevin correctors, predictor-corrector),
-:mod:`~sdesolve_gen.samplers.inpaint` (inpainting), :mod:`~sdesolve_gen.samplers.registry`.
+:mod:`~sdesolve_gen.samplers.inpaint` (inpainting), :mod:`~sdesolve_gen.samplers.multistep`
+(DPM-Solver++(3M)/(2S), UniPC, DEIS), :mod:`~sdesolve_gen.samplers.stochastic` (DPM-Solver++(2M) SDE,
+EDM, SA-Solver), :mod:`~sdesolve_gen.samplers.adaptive_exp` (adaptive DPM-Solver++-12/23),
+:mod:`~sdesolve_gen.samplers.calibrate` (calibrated grids), :mod:`~sdesolve_gen.samplers.registry`.
 """
 
 from ._run import Run, tweedie_denoise, tweedie_x0
 from .inpaint import INPAINT_SAMPLERS, inpaint
 from .langevin import annealed_langevin, langevin_step, predictor_corrector
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
+from .adaptive_exp import dpm_solver_adaptive
+from .calibrate import CalibratedGrid, calibrate_timesteps, trajectory_rmse
+from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
+from .stochastic import dpm_solver_pp_2m_sde, edm_sde, sa_solver
 from .registry import SAMPLERS, Registry, SamplerSpec, get_sampler
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
 
@@ -46,4 +53,15 @@ __all__ = [
     "INPAINT_SAMPLERS",
     "tweedie_x0",
     "tweedie_denoise",
+    "dpm_solver_pp_3m",
+    "dpm_solver_pp_2s",
+    "unipc",
+    "deis",
+    "dpm_solver_adaptive",
+    "dpm_solver_pp_2m_sde",
+    "edm_sde",
+    "sa_solver",
+    "calibrate_timesteps",
+    "CalibratedGrid",
+    "trajectory_rmse",
 ]

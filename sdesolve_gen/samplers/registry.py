@@ -28,6 +28,9 @@ from ..integrate import timesteps
 from ..sde import LinearSDE
 from ..solution import Solution
 from .langevin import annealed_langevin, predictor_corrector
+from .adaptive_exp import dpm_solver_adaptive
+from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
+from .stochastic import dpm_solver_pp_2m_sde, edm_sde, sa_solver
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
 
@@ -163,6 +166,42 @@ SAMPLERS = Registry([
                 kwargs=MappingProxyType({"order": 3}), summary="singlestep DPM-Solver-3"),
     SamplerSpec("dpm_solver_pp_2m", dpm_solver_pp_2m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
                 summary="multistep DPM-Solver++(2M)"),
+    # Declared orders are the global orders measured with the default warm-up (test_sampler_family):
+    # The published DPM-Solver++(3M) weights its second difference by half the exact quadratic
+    # integral's weight: measured global order 2; with exact_quadratic=True it is order 3.
+    SamplerSpec("dpm_solver_pp_3m", dpm_solver_pp_3m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                summary="multistep DPM-Solver++(3M) as published/diffusers (measured global order 2)"),
+    SamplerSpec("dpm_solver_pp_3m_exact", dpm_solver_pp_3m, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"exact_quadratic": True}), summary="DPM-Solver++(3M), quadratic interpolant integrated exactly"),
+    SamplerSpec("dpm_solver_pp_2s", dpm_solver_pp_2s, stochastic=False, order=2, nfe_per_step=2, grid="logsnr",
+                summary="singlestep DPM-Solver++(2S), midpoint in log-SNR"),
+    SamplerSpec("unipc_bh1_1", unipc, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 1, "variant": "bh1"}), summary="UniPC-1, B(h)=h (DDIM + UniC)"),
+    SamplerSpec("unipc_bh1_2", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 2, "variant": "bh1"}), summary="UniPC-2, B(h)=h"),
+    SamplerSpec("unipc_bh1_3", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3, "variant": "bh1"}), summary="UniPC-3, B(h)=h"),
+    SamplerSpec("unipc_bh2_1", unipc, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 1, "variant": "bh2"}), summary="UniPC-1, B(h)=e^h-1"),
+    SamplerSpec("unipc_bh2_2", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 2, "variant": "bh2"}), summary="UniPC-2, B(h)=e^h-1"),
+    SamplerSpec("unipc_bh2_3", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3, "variant": "bh2"}), summary="UniPC-3, B(h)=e^h-1"),
+    SamplerSpec("dpm_solver_pp_3m_unic", unipc, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3, "predictor": "dpmpp"}), summary="DPM-Solver++(3M) predictor + UniC-3 corrector"),
+    SamplerSpec("deis2", deis, stochastic=False, order=2, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 2}), summary="DEIS-tAB2 (Lagrange eps in log-SNR)"),
+    SamplerSpec("deis3", deis, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
+                kwargs=MappingProxyType({"order": 3}), summary="DEIS-tAB3 (Lagrange eps in log-SNR)"),
+    SamplerSpec("dpm_solver_adaptive", dpm_solver_adaptive, stochastic=False, order=3, nfe_per_step=None, adaptive=True,
+                grid="logsnr", summary="adaptive DPM-Solver++-23 in log-SNR, per-sample error control"),
+    # Stochastic few-step samplers: declared weak order 1 (what is guaranteed; not measured here).
+    SamplerSpec("dpm_solver_pp_2m_sde", dpm_solver_pp_2m_sde, stochastic=True, order=1, nfe_per_step=1, grid="logsnr",
+                summary="DPM-Solver++(2M) SDE (midpoint, eta=1)"),
+    SamplerSpec("edm_sde", edm_sde, stochastic=True, order=1, nfe_per_step=2, nfe_extra=-1, grid="edm",
+                summary="EDM stochastic sampler (S_churn=40, S_tmin=0.05, S_tmax=50, S_noise=1)"),
+    SamplerSpec("sa_solver", sa_solver, stochastic=True, order=1, nfe_per_step=1, grid="logsnr",
+                summary="SA-Solver stochastic Adams predictor (order 2, tau=1)"),
 ])
 
 
