@@ -23,7 +23,7 @@ EDM, SA-Solver), :mod:`~sdesolve_gen.samplers.adaptive_exp` (adaptive DPM-Solver
 
 from ._run import Run, tweedie_denoise, tweedie_x0
 from .inpaint import INPAINT_SAMPLERS, inpaint
-from .langevin import annealed_langevin, langevin_step, predictor_corrector
+from .langevin import annealed_langevin, corrector_alpha, langevin_step, predictor_corrector
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .adaptive_exp import dpm_solver_adaptive
 from .calibrate import CalibratedGrid, calibrate_timesteps, trajectory_rmse
@@ -49,6 +49,7 @@ __all__ = [
     "predictor_corrector",
     "annealed_langevin",
     "langevin_step",
+    "corrector_alpha",
     "inpaint",
     "INPAINT_SAMPLERS",
     "tweedie_x0",

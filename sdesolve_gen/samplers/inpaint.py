@@ -18,7 +18,7 @@ from ..reverse import ScoreFn
 from ..sde import LinearSDE
 from ..solution import Solution
 from ._run import Callback, Run
-from .langevin import PREDICTORS, langevin_step
+from .langevin import PREDICTORS, corrector_alpha, langevin_step
 from .sde import reverse_diffusion_step
 
 Tensor = torch.Tensor
@@ -137,7 +137,7 @@ def inpaint(
     x = replace(run.x_T, 0)
     for i in run.steps(progress):
         if sampler == "pc":
-            alpha_i = (run.alpha[i + 1] / run.alpha[i]) ** 2
+            alpha_i = corrector_alpha(run, i)
             for _ in range(n_corrector_steps):
                 x = replace(langevin_step(run, x, i, float(snr), alpha_i), i)
             x = reverse_diffusion_step(run, x, i)

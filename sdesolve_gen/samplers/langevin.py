@@ -22,7 +22,7 @@ from .sde import ancestral_step, em_step, reverse_diffusion_step
 Tensor = torch.Tensor
 StepFn = Callable[[Run, Tensor, int], Tensor]
 
-__all__ = ["langevin_step", "annealed_langevin", "predictor_corrector", "PREDICTORS"]
+__all__ = ["langevin_step", "annealed_langevin", "predictor_corrector", "corrector_alpha", "PREDICTORS"]
 
 
 def langevin_step(run: Run, x: Tensor, i: int, snr: float, alpha_i: float = 1.0) -> Tensor:
@@ -51,6 +51,22 @@ def langevin_step(run: Run, x: Tensor, i: int, snr: float, alpha_i: float = 1.0)
     z_norm = float(z.flatten(1).norm(dim=1).mean())
     step = 2.0 * alpha_i * (snr * z_norm / max(s_norm, 1e-30)) ** 2
     return x + step * s + math.sqrt(2.0 * step) * z
+
+
+def corrector_alpha(run: Run, i: int) -> float:
+    r"""score_sde's :math:`\alpha_i` of the Langevin corrector at grid time :math:`t_i`.
+
+    score_sde uses the discrete DDPM chain's :math:`\alpha_i = 1 - \beta_i` for VP / sub-VP and 1
+    for VE. On a general grid the same quantity is the squared signal ratio of the step
+    :math:`t_{i+1} \to t_i`,
+
+    .. math:: \alpha_i = \Big(\frac{\alpha(t_i)}{\alpha(t_{i+1})}\Big)^2
+              = \exp\Big(-\int_{t_{i+1}}^{t_i}\beta\Big) \approx 1 - \beta(t_i)\,\Delta t,
+
+    which is < 1 for VP (0.67 at the first step of a 50-step VP grid, where
+    :math:`1 - \beta_i = 0.6`) and exactly 1 for VE.
+    """
+    return (run.alpha[i] / run.alpha[i + 1]) ** 2
 
 
 def annealed_langevin(
@@ -110,8 +126,8 @@ def predictor_corrector(
     r"""Predictor-corrector sampling (Song et al. 2021, Algorithm 1-3).
 
     At each grid time :math:`t_i`: ``n_corrector_steps`` Langevin steps at :math:`t_i`
-    (:func:`langevin_step`, SNR rule, :math:`\alpha_i = (\alpha_{i+1}/\alpha_i)^2`, which is 1 for
-    VE and :math:`\approx 1-\beta_i` for VP), then one predictor step to :math:`t_{i+1}`.
+    (:func:`langevin_step`, SNR rule, :math:`\alpha_i` from :func:`corrector_alpha`: 1 for VE,
+    :math:`\approx 1-\beta_i` for VP), then one predictor step to :math:`t_{i+1}`.
 
     Args:
         predictor: ``"reverse_diffusion"`` (default), ``"euler_maruyama"``, ``"ancestral"``,
@@ -140,7 +156,7 @@ def predictor_corrector(
     x = run.x_T
     for i in run.steps(progress):
         if corrector is not None:
-            alpha_i = (run.alpha[i + 1] / run.alpha[i]) ** 2
+            alpha_i = corrector_alpha(run, i)
             for _ in range(n_corrector_steps):
                 x = langevin_step(run, x, i, snr, alpha_i)
         if pred is not None:
