@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
 K_DIFFUSION_HINT = "k-diffusion not installed: run `pip install --no-deps k-diffusion` to enable this comparison"
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 import torch
 
 from sdesolve_gen import samplers
-from sdesolve_gen.sde import SubVPSDE, VESDE, VPSDE
+from sdesolve_gen.sde import VESDE, VPSDE, SubVPSDE
 
 from .metrics import median_time
 from .problems import diag_gaussian

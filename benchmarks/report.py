@@ -88,7 +88,7 @@ def write(results: Dict[str, Any], out: str) -> Dict[str, str]:
         md.append(table(sec["scaling"]["rows"], ["curve", "method", "x", "time"]))
         md.append(f"Exact trace first costs > 2x Hutchinson at D = {sec['scaling'].get('exact_vs_hutchinson_2x_crossover_dim')}.\n")
         md += [f"* plot: `{os.path.basename(p)}`" for p in sec["scaling"].get("plots", [])]
-    for name, res in sec.items():  # sections that render themselves
+    for res in sec.values():  # sections that render themselves
         if isinstance(res, dict) and isinstance(res.get("markdown"), str):
             md.append(res["markdown"])
     paths = {"markdown": os.path.join(out, "results.md"), "json": os.path.join(out, "results.json")}

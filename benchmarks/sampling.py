@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from typing import Any, Dict, List
 
 import torch
@@ -30,8 +29,16 @@ from sdesolve_gen.samplers import SAMPLERS, calibrate_timesteps, trajectory_rmse
 from sdesolve_gen.sde import VESDE, VPSDE
 
 from .metrics import median_time, sliced_w2
-from .peers import (DIFFUSERS_HINT, K_DIFFUSION_HINT, KDenoiser, diffusers_sample, diffusers_scheduler,
-                    diffusers_steps_for, load_diffusers, load_k_sampling)
+from .peers import (
+    DIFFUSERS_HINT,
+    K_DIFFUSION_HINT,
+    KDenoiser,
+    diffusers_sample,
+    diffusers_scheduler,
+    diffusers_steps_for,
+    load_diffusers,
+    load_k_sampling,
+)
 from .problems import gmm
 
 #: Our deterministic samplers, by registry name, each on the grids listed.
@@ -263,8 +270,8 @@ def plot(rows: List[Dict[str, Any]], out: str) -> str:
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(probs):]:
         ax.axis("off")
-    h, l = axes.flat[0].get_legend_handles_labels()
-    fig.legend(h, l, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     fig.tight_layout()
     path = os.path.join(out, "sampling_error_vs_nfe.png")
     os.makedirs(out, exist_ok=True)

@@ -7,11 +7,11 @@ fully offline: no intersphinx, MathJax served from the build directory.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 import os
 import re
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 from sphinx.util.nodes import get_node_source

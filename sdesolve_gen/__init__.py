@@ -5,24 +5,35 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
-from ._version import __version__
 from . import analytic, correctors, data, guidance, losses, nets, plotting, samplers, train
 from ._checks import NonFiniteError
+from ._version import __version__
+from .analytic import analytic_classifier, analytic_conditional_score, gaussian_conditional
 from .bpd import bits_per_dim, dequantize
+from .correctors import annealed_langevin, predictor_corrector
+from .guidance import classifier_free_guidance, classifier_guidance, label_guidance
+from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
 from .losses import dsm_loss, implicit_score_matching_loss, sliced_score_matching_loss
 from .nets import MLPScoreNet, UNet
-from .train import EMA, Trainer, load_checkpoint
-from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
-from .solution import Solution
 from .reverse import ProbabilityFlowODE, ReverseSDE
-from .correctors import annealed_langevin, predictor_corrector
-from .analytic import analytic_classifier, analytic_conditional_score, gaussian_conditional
-from .guidance import classifier_free_guidance, classifier_guidance, label_guidance
-from .samplers import SAMPLERS, SamplerSpec, adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, inpaint, ode, reverse_diffusion
-from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
-
+from .samplers import (
+    SAMPLERS,
+    SamplerSpec,
+    adaptive_sde,
+    ancestral,
+    dpm_solver,
+    dpm_solver_pp_2m,
+    euler_maruyama,
+    heun,
+    inpaint,
+    ode,
+    reverse_diffusion,
+)
+from .sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, LinearSDE, SubVPSDE
+from .solution import Solution
+from .train import EMA, Trainer, load_checkpoint
 
 __all__ = [
     "__version__",

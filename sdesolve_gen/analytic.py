@@ -147,8 +147,7 @@ class GaussianMixture:
         generator: Optional[torch.Generator] = None,
         dtype: Optional[torch.dtype] = None,
         device: Optional[Union[str, torch.device]] = None,
-        return_labels: bool = False,
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    ) -> Tensor:
         """Draw ``n`` exact samples, shape ``(n, *event_shape)``.
 
         Args:
@@ -157,8 +156,18 @@ class GaussianMixture:
                 then moved, so results do not depend on the device).
             dtype: result dtype (default ``torch.get_default_dtype()``).
             device: result device.
-            return_labels: also return the component index of each sample, shape ``(n,)``.
         """
+        return self.sample_with_labels(n, generator=generator, dtype=dtype, device=device)[0]
+
+    def sample_with_labels(
+        self,
+        n: int,
+        *,
+        generator: Optional[torch.Generator] = None,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[Union[str, torch.device]] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Like :meth:`sample`, and the component index of each sample: ``(x, labels)``, labels ``(n,)``."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"n must be a positive int, got {n!r}")
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -166,7 +175,7 @@ class GaussianMixture:
         scale = self._U * torch.sqrt(self._lam)[:, None, :]  # (K, D, D): U diag(sqrt lam)
         x = self.means[labels] + torch.einsum("nij,nj->ni", scale[labels], z)
         x = x.to(dtype=dtype or torch.get_default_dtype(), device=device).reshape(n, *self.event_shape)
-        return (x, labels.to(device)) if return_labels else x
+        return x, labels.to(device)
 
     # ------------------------------------------------------------------ exact marginals
 

@@ -169,7 +169,7 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     """
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return atomic_write_bytes(encode(buf.getbuffer()), path)
+    return atomic_write_bytes(encode(buf.getvalue()), path)
 
 
 def load_verified(path: PathLike, *, map_location: Any = "cpu") -> Any:

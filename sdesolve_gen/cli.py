@@ -220,7 +220,7 @@ def _build(cfg: Dict[str, Any]) -> Dict[str, Any]:
                 train = (train, y[:-_DIGITS_HOLDOUT])
             net = nets.UNet(in_channels=1, base=cfg.get("base", 32), t_max=sde.T,
                             num_classes=_N_DIGIT_CLASSES if cfg.get("conditional") else None)
-            target, shape = None, (1, 8, 8)
+            target, shape = None, (1, 8, 8)  # type: Any, tuple[int, ...]
         else:
             if cfg["data"] not in data_mod.TOY_DATASETS:
                 raise CLIError(f"argument --data: unknown dataset {cfg['data']!r}; choose from "

@@ -36,7 +36,7 @@ Every returned score is a plain ``score_fn(x, t)`` callable: it plugs into every
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -107,7 +107,7 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_y_fn: LogProbYFn, y: Label, 
     w = _check_scale(scale)
     y = check_label(y)
 
-    def guided(x: Tensor, t: Tensor) -> Tensor:
+    def guided(x: Tensor, t: Any) -> Tensor:
         s = score_fn(x, t)
         if w == 0.0:
             return s
@@ -156,7 +156,7 @@ def classifier_free_guidance(cond_score_fn: CondScoreFn, uncond_score_fn: ScoreF
     w = _check_scale(scale)
     y = check_label(y)
 
-    def guided(x: Tensor, t: Tensor) -> Tensor:
+    def guided(x: Tensor, t: Any) -> Tensor:
         s_c = cond_score_fn(x, t, label_for_batch(y, x.shape[0]))
         if w == 0.0:
             return s_c
@@ -202,7 +202,7 @@ def label_guidance(model: Callable[..., Tensor], y: Label, scale: float, *, null
     w = _check_scale(scale)
     y = check_label(y, num_classes)
 
-    def guided(x: Tensor, t: Tensor) -> Tensor:
+    def guided(x: Tensor, t: Any) -> Tensor:
         B = x.shape[0]
         labels = label_for_batch(y, B).to(x.device).expand(B)
         if w == 0.0:

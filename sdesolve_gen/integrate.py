@@ -642,13 +642,14 @@ def odeint(
             bar.close()
     _raise_if_nonfinite(func)
     wall = _time.perf_counter() - start
-    ys = tuple(v[keep] for v in xs) if isinstance(xs, tuple) else xs[keep]
+    ys: Any = tuple(v[keep] for v in xs) if isinstance(xs, tuple) else xs[keep]
     extra: Dict[str, Any] = {"rtol": rtol, "atol": atol}
     if record_times:
         extra["times"] = counted.times
     n_steps = counted.n_accepted if method in ADAPTIVE_ODE_METHODS else counted.n_fixed
+    final: Any = tuple(v[-1] for v in xs) if isinstance(xs, tuple) else xs[-1]  # a tuple for a tuple state
     return Solution(
-        x=tuple(v[-1] for v in xs) if isinstance(xs, tuple) else xs[-1], ts=ts[keep], ys=ys,
+        x=final, ts=ts[keep], ys=ys,
         method=f"torchdiffeq.{method}", nfe=counted.nfe, n_steps=n_steps, n_rejected=counted.n_rejected,
         wall_time=wall, extra=extra,
     )

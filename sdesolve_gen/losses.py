@@ -234,7 +234,7 @@ def sliced_score_matching_loss(
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         s = score_fn(x)
-        total = 0.0
+        total = torch.zeros((), dtype=x.dtype, device=x.device)
         for _ in range(n_projections):
             v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             if projection == "rademacher":

@@ -41,7 +41,8 @@ class GaussianFourierEmbedding(nn.Module):
         self.t_max = float(t_max)
 
     def forward(self, t: Tensor) -> Tensor:
-        proj = 2 * math.pi * (t.to(self.W.dtype) / self.t_max)[:, None] * self.W[None, :]
+        W = self.get_buffer("W")
+        proj = 2 * math.pi * (t.to(W.dtype) / self.t_max)[:, None] * W[None, :]
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
 
@@ -141,12 +142,14 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
         self.mid = _ResBlock(c, c, embed_dim)
         self.up = nn.ModuleList()
-        for i, ch in reversed(list(enumerate(chans))):
+        for ch in reversed(chans):
             self.up.append(_ResBlock(c + ch, ch, embed_dim))
             c = ch
         self.out = nn.Sequential(nn.GroupNorm(min(8, c), c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        last = self.out[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None  # (internal invariant, for the type checker)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -157,7 +160,7 @@ class UNet(nn.Module):
         e = self.embed(t.to(x.dtype))
         if self.label is not None:
             if y is None:
-                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+                y = torch.full((x.shape[0],), int(self.num_classes or 0), dtype=torch.long, device=x.device)
             elif not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (x.shape[0],):
                 got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},), got {got}")
@@ -173,7 +176,7 @@ class UNet(nn.Module):
             if i < self.n_down:
                 h = self.downsample[i](h)
         h = self.mid(h, e)
-        for j, block in enumerate(self.up):
+        for block in self.up:
             skip = skips.pop()
             if h.shape[-2:] != skip.shape[-2:]:
                 h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="nearest")

@@ -15,12 +15,11 @@ in the spirit of diffrax's ``Solution``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional
 
 import torch
 
 Tensor = torch.Tensor
-State = Union[Tensor, Tuple[Tensor, ...]]
 
 __all__ = ["Solution"]
 
@@ -30,7 +29,7 @@ class Solution:
     """What a solve returned and what it cost.
 
     Attributes:
-        x: final state, ``(B, *shape)`` (or a tuple of tensors for a tuple-state ODE).
+        x: final state, ``(B, *shape)`` (for a tuple-state ODE: the tuple of final tensors).
         method: solver or sampler name (the registry name for samplers).
         nfe: number of function (score / network) evaluations.
         n_steps: accepted steps (fixed grids: number of grid intervals).
@@ -42,14 +41,14 @@ class Solution:
         extra: method-specific details (tolerances, orders, ...).
     """
 
-    x: State
+    x: Tensor
     method: str
     nfe: int = 0
     n_steps: int = 0
     n_rejected: int = 0
     wall_time: float = 0.0
     ts: Optional[Tensor] = None
-    ys: Optional[State] = None
+    ys: Optional[Tensor] = None  # (a tuple of tensors for a tuple-state ODE)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:

@@ -114,7 +114,7 @@ class EMA(AveragedModel):
         return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def _average(self, averaged: List[Tensor], current: List[Tensor], num_averaged: Tensor) -> None:
+    def _average(self, averaged: Sequence[Tensor], current: Sequence[Tensor], num_averaged: Union[Tensor, int]) -> None:
         weight = 1.0 - self.current_decay(int(num_averaged))
         for a, c in zip(averaged, current):
             if a.is_floating_point() or a.is_complex():
@@ -332,11 +332,11 @@ class Trainer:
         self.eval_fn, self.eval_every, self.progress = eval_fn, eval_every, progress
 
         if optimizer is None:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr_value, weight_decay=wd_value)
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr_value, weight_decay=wd_value)
         elif isinstance(optimizer, torch.optim.Optimizer):
             self.optimizer = optimizer
         else:
-            self.optimizer = optimizer(self.model.parameters())
+            self.optimizer = optimizer(list(self.model.parameters()))
             if not isinstance(self.optimizer, torch.optim.Optimizer):
                 raise TypeError(f"optimizer factory returned {type(self.optimizer).__name__}, not a torch.optim.Optimizer")
         opt_params = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
@@ -423,7 +423,7 @@ class Trainer:
         if y is not None:
             if self.label_dropout > 0:
                 drop = torch.rand(y.shape[0], generator=self.g_data, device=self.g_data.device) < self.label_dropout
-                y = torch.where(drop.to(y.device), torch.full_like(y, self.null_label), y)
+                y = torch.where(drop.to(y.device), torch.full_like(y, int(self.null_label or 0)), y)
             y = y.to(self.device)
         return x, y
 

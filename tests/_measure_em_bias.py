@@ -11,8 +11,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import sdesolve_gen as sg  # noqa: E402
 from _sampler_configs import target  # noqa: E402
+
+import sdesolve_gen as sg  # noqa: E402
 from sdesolve_gen.integrate import sdeint, timesteps  # noqa: E402
 
 torch.set_num_threads(1)

@@ -1,8 +1,14 @@
 """Measure each sampler config's bias with 200k samples (python tests/_measure_sampler_bias.py [names])."""
-import sys, torch, math, json
+import json
+import math
+import sys
+
+import torch
+
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 torch.set_num_threads(1)
-from _sampler_configs import CONFIGS, target, run, stats
+from _sampler_configs import CONFIGS, run, stats, target  # noqa: E402 (after the sys.path insert)
+
 data = target()
 out = {}
 for name in (sys.argv[1:] or CONFIGS):

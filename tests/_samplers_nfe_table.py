@@ -13,20 +13,20 @@ the exact prior (no prior mismatch). Columns:
   * "occ err": max over components of |occupancy - exact-sample occupancy| (SE ~0.002).
 """
 
-import sys
 import os
+import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 
+from _sampler_configs import F64, stats, target  # noqa: E402
+
 import sdesolve_gen as sg  # noqa: E402
 from sdesolve_gen import correctors as C  # noqa: E402
 from sdesolve_gen import samplers as S  # noqa: E402
 from sdesolve_gen.integrate import timesteps  # noqa: E402
-
-from _sampler_configs import F64, stats, target  # noqa: E402
 
 N = 50000
 data = target()

@@ -101,7 +101,7 @@ def test_sample_moments():
     is the same test against a mean shifted by 0.1 (~10 standard errors at N=40000).
     """
     data = random_gmm(4, 3, 2)
-    x, labels = data.sample(40000, generator=torch.Generator().manual_seed(0), dtype=F64, return_labels=True)
+    x, labels = data.sample_with_labels(40000, generator=torch.Generator().manual_seed(0), dtype=F64)
     se = torch.sqrt(torch.diagonal(data.cov) / x.shape[0])
     z = (x.mean(0) - data.mean) / se
     assert float(z.abs().max()) < 5

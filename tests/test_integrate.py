@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torchdiffeq
+from _sampler_configs import target
 
 import sdesolve_gen as sg
-from _sampler_configs import target
 from sdesolve_gen.integrate import GridBrownian, odeint, sdeint, t_of_lambda, timesteps
 
 F64 = torch.float64
@@ -339,7 +339,6 @@ def test_fixed_step_odeint_counts():
     info = odeint(ode, x_T, ts, method="euler")
     assert info.nfe == 25
     info = odeint(ode, x_T, ts, method="rk4")
-    xs_rk4 = info.ys
     assert info.nfe == 100
 
 

@@ -13,13 +13,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from _sampler_configs import F64, target
 
 import sdesolve_gen as sg
 from sdesolve_gen import samplers as S
 from sdesolve_gen.integrate import timesteps
 from sdesolve_gen.samplers import SAMPLERS, SamplerSpec
-
-from _sampler_configs import F64, target
 
 BANDS = {1: (0.8, 1.3), 2: (1.6, 2.6), 3: (2.5, 4.2)}
 FIXED_DET = [s.name for s in SAMPLERS.select(stochastic=False, adaptive=False)]

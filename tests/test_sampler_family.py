@@ -14,13 +14,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from _sampler_configs import BIAS, CONFIGS, F64, run, stats, target
 
 import sdesolve_gen as sg
 from sdesolve_gen import correctors as C
 from sdesolve_gen import samplers as S
 from sdesolve_gen.integrate import timesteps
-
-from _sampler_configs import BIAS, CONFIGS, F64, run, stats, target
 
 N = 10000
 
@@ -74,7 +73,7 @@ def test_same_seed_bit_identical(name, dtype):
     x_T = data.prior(sde).sample(64, generator=torch.Generator().manual_seed(0), dtype=dtype)
     ts = timesteps(sde, 8)
     sol = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(5))
-    a, ia = sol.x, sol
+    a = sol.x
     sol = SEEDED[name](sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(5))
     b = sol.x
     assert a.dtype == dtype and a.shape == x_T.shape

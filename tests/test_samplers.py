@@ -21,6 +21,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _sampler_configs import BIAS, CONFIGS, _ref_occupancy, run, target
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
@@ -28,10 +29,8 @@ from scipy import stats as sps
 import sdesolve_gen as sg
 from sdesolve_gen import correctors as C
 from sdesolve_gen import samplers as S
-from sdesolve_gen.integrate import odeint, t_of_lambda, timesteps
+from sdesolve_gen.integrate import odeint, timesteps
 from sdesolve_gen.reverse import ProbabilityFlowODE
-
-from _sampler_configs import BIAS, CONFIGS, _ref_occupancy, run, target
 
 F64 = torch.float64
 Z = 4.5

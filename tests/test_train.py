@@ -4,13 +4,12 @@ import shutil
 
 import pytest
 import torch
+from _torchrun import run_two_ranks
 
 import sdesolve_gen as sg
 from sdesolve_gen import data as D
 from sdesolve_gen.nets import GaussianFourierEmbedding, MLPScoreNet, UNet
 from sdesolve_gen.train import EMA, Trainer, atomic_save, load_checkpoint
-
-from _torchrun import run_two_ranks
 
 # ---------------------------------------------------------------------------------- nets
 

@@ -144,11 +144,11 @@ def calibrate_timesteps(
     err0 = objective(u0.numpy())
     res = minimize(objective, u0.numpy(), method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-4})
     u = torch.as_tensor(res.x, dtype=torch.float64)
-    err = objective(res.x)
-    if err > err0:  # never return a grid worse than the start on the calibration set
-        u, err = u0, err0
+    err_cal = objective(res.x)
+    if err_cal > err0:  # never return a grid worse than the start on the calibration set
+        u, err_cal = u0, err0
     return CalibratedGrid(
         ts=_grid_of(sde, u, lam_T, lam_e), sampler=sampler_name, nfe=nfe, steps=n, error_start=err0,
-        error_calibrated=err, nfe_reference=nfe_ref, nfe_search=count["nfe"], nfe_total=nfe_ref + count["nfe"],
+        error_calibrated=err_cal, nfe_reference=nfe_ref, nfe_search=count["nfe"], nfe_total=nfe_ref + count["nfe"],
         evaluations=count["evals"], seconds=time.perf_counter() - start,
     )

@@ -139,7 +139,7 @@ def predictor_corrector(
     if isinstance(predictor, str):
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, None or a callable, got {predictor!r}")
-        pred = PREDICTORS[predictor]
+        pred: Optional[StepFn] = PREDICTORS[predictor]
     elif predictor is None or callable(predictor):
         pred = predictor
     else:

@@ -127,7 +127,8 @@ def dpm_solver_pp_3m(
     run = Run(f"dpm_solver_pp_{order}m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     n = len(run.t) - 1
-    x, ms = run.x_T, []
+    x = run.x_T
+    ms: List[Tensor] = []
     for i in run.steps(progress):
         m = tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
         ms = (ms + [m])[-order:]
@@ -208,7 +209,8 @@ def unipc_coefficients(h: float, rks: Sequence[float], p: int, variant: str) -> 
         fact *= k + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
     if p == 1:
-        rho_p, rho_c = np.zeros(0), np.array([0.5])
+        rho_p: np.ndarray = np.zeros(0)
+        rho_c: np.ndarray = np.array([0.5])
     else:
         rho_p = np.array([0.5]) if p == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
         rho_c = np.linalg.solve(R, b)
@@ -257,7 +259,8 @@ def unipc(
     run = Run(f"unipc_{variant}_{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     n = len(run.t) - 1
-    x, ms = run.x_T, []
+    x = run.x_T
+    ms: List[Tensor] = []
     last: Optional[Tuple[Tensor, int, int]] = None  # (state at the start, order, index) of the previous step
     for i in run.steps(progress):
         m = tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
@@ -347,7 +350,8 @@ def deis(
     run = Run(f"deis{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     n = len(run.t) - 1
-    x, es = run.x_T, []
+    x = run.x_T
+    es: List[Tensor] = []
     for i in run.steps(progress):
         e = -run.sigma[i] * run.score(x, i)
         es = (es + [e])[-order:]

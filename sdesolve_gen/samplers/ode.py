@@ -7,7 +7,7 @@ unused (the samplers are deterministic given ``x_T``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 
@@ -120,7 +120,7 @@ def dpm_solver(
     run = Run(f"dpm_solver{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     n = len(run.t) - 1
-    r1, r2 = (0.5, None) if order == 2 else (1 / 3, 2 / 3)
+    r1, r2 = (0.5, 1.0) if order == 2 else (1 / 3, 2 / 3)  # (r2 is used by order 3 only)
     mids: dict = {}
     if order > 1:
         want = [lam[i] + r * (lam[i + 1] - lam[i]) for i in range(n) for r in ((r1,) if order == 2 else (r1, r2))]
@@ -175,7 +175,7 @@ def dpm_solver_pp_2m(
     """
     run = Run("dpm_solver_pp_2m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
-    x, prev_x0, prev_h = run.x_T, None, None
+    x, prev_x0, prev_h = run.x_T, None, 0.0
     for i in run.steps(progress):
         x0 = tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
         h = lam[i + 1] - lam[i]

@@ -27,12 +27,12 @@ import torch
 from ..integrate import timesteps
 from ..sde import LinearSDE
 from ..solution import Solution
-from .langevin import annealed_langevin, predictor_corrector
 from .adaptive_exp import dpm_solver_adaptive
+from .langevin import annealed_langevin, predictor_corrector
 from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
-from .stochastic import dpm_solver_pp_2m_sde, edm_sde, sa_solver
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
+from .stochastic import dpm_solver_pp_2m_sde, edm_sde, sa_solver
 
 Tensor = torch.Tensor
 

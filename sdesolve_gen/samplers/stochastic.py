@@ -21,7 +21,7 @@ up to the approximation of :math:`\hat x_0(\lambda)` on the step. Draws come fro
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 
@@ -140,7 +140,7 @@ def edm_sde(
             t_h, a_h, s_h = th[i]
             xh = xb + (S_noise * math.sqrt(shat[i] ** 2 - sbar[i] ** 2)) * run.noise(xb)
         else:
-            t_h, a_h, s_h = i, run.alpha[i], run.sigma[i]
+            t_h, a_h, s_h = run.tt[i], run.alpha[i], run.sigma[i]
             xh = xb
         x0 = D(xh, t_h, a_h, s_h)
         d = (xh - x0) / shat[i]
@@ -187,7 +187,8 @@ def sa_solver(
     lam = _lambdas(run)
     n = len(run.t) - 1
     c = 1.0 + tau * tau
-    x, ms = run.x_T, []
+    x = run.x_T
+    ms: List[Tensor] = []
     for i in run.steps(progress):
         m = tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
         ms = (ms + [m])[-order:]
