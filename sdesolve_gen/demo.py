@@ -28,7 +28,7 @@ import math
 import os
 import time as _time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 import torch
 
@@ -259,8 +259,8 @@ def run_demo(
     say("trajectories: reverse SDE and PF-ODE")
     traj_ts = timesteps(sde, 200)
     x_p = x_T[:n_paths]
-    sde_paths = sdeint(ReverseSDE(sde, score), x_p, traj_ts, method="euler", generator=g).ys
-    ode_paths = odeint(ProbabilityFlowODE(sde, score), x_p, traj_ts, method="dopri5", rtol=rtol, atol=atol).ys
+    sde_paths = cast(Tensor, sdeint(ReverseSDE(sde, score), x_p, traj_ts, method="euler", generator=g).ys)
+    ode_paths = cast(Tensor, odeint(ProbabilityFlowODE(sde, score), x_p, traj_ts, method="dopri5", rtol=rtol, atol=atol).ys)
 
     result = DemoResult(
         rows=rows, likelihood=lik, sde=sde, data=data, reference=reference, traj_ts=traj_ts,
