@@ -119,6 +119,8 @@ class LinearSDE:
                 "such as VPSDE or VESDE"
             )
         self._prior_std = None if prior_std is None else check_positive("prior_std", prior_std)
+        if alpha is not None:
+            _check_custom_schedule(self)
 
     # ------------------------------------------------------------------ schedule primitives
     # These take float64 tensors of any shape and do no argument checking (hot path).
@@ -340,12 +342,44 @@ class LinearSDE:
 
 
 def _time_derivative(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
-    """Elementwise ``d fn / dt`` by autograd (``fn`` must act elementwise)."""
+    """Elementwise ``d fn / dt`` by autograd (``fn`` must act elementwise); 0 where ``fn`` ignores ``t``."""
     with torch.enable_grad():
         tt = t.detach().to(torch.float64).requires_grad_(True)
         out = fn(tt)
-        (grad,) = torch.autograd.grad(out.sum(), tt)
-    return grad
+        if not out.requires_grad:  # a constant schedule, e.g. alpha = torch.ones_like(t)
+            return torch.zeros_like(tt.detach())
+        (grad,) = torch.autograd.grad(out.sum(), tt, allow_unused=True)
+    return torch.zeros_like(tt.detach()) if grad is None else grad
+
+
+def _check_custom_schedule(sde: "LinearSDE") -> None:
+    """Check a custom ``alpha``/``sigma`` schedule on a grid of ``[0, T]`` before it is used.
+
+    Raises:
+        TypeError: if a callable does not map a float64 tensor to a tensor of the same shape.
+        ValueError: if alpha or sigma is not finite and > 0 on ``(0, T]`` (alpha also at 0), or
+            :math:`g^2 = (\\sigma^2)' - 2(\\log\alpha)'\\sigma^2` is negative somewhere.
+    """
+    t = torch.linspace(0.0, sde.T, 65, dtype=torch.float64)
+    for name, fn in (("alpha", sde._alpha_fn), ("sigma", sde._sigma_fn)):
+        try:
+            out = fn(t)  # type: ignore[misc]
+        except Exception as err:
+            raise TypeError(f"{name} must map a float64 tensor of times to a tensor (use torch functions, not math): "
+                            f"{type(err).__name__}: {err}") from None
+        if not isinstance(out, torch.Tensor) or out.shape != t.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"{name} must return a tensor of the input's shape {tuple(t.shape)} (elementwise), got {got}")
+        inner = out if name == "alpha" else out[1:]
+        if not bool(torch.isfinite(inner).all()) or not bool((inner > 0).all()):
+            where = "[0, T]" if name == "alpha" else "(0, T]"
+            raise ValueError(f"{name}(t) must be finite and > 0 on {where}, got min {float(inner.min()):.3g}")
+    g2 = sde.diffusion2(t[1:])
+    scale = sde.sigma2(t[1:]).abs().max() / sde.T
+    if not bool(torch.isfinite(g2).all()) or bool((g2 < -1e-9 * float(scale)).any()):
+        k = int(torch.argmin(g2))
+        raise ValueError(f"the schedule gives g(t)^2 = (sigma^2)' - 2 (log alpha)' sigma^2 < 0 (e.g. {float(g2[k]):.3g} at "
+                         f"t={float(t[1 + k]):.3g}): sigma must grow relative to alpha (a forward SDE adds noise)")
 
 
 class VESDE(LinearSDE):

@@ -6,6 +6,7 @@ the offending argument (or, for NaN during a solve, the time at which it happene
 
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Tuple, Type
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 import sdesolve_gen as sg
 from sdesolve_gen.analytic import Gaussian, GaussianMixture
+from sdesolve_gen.samplers import SAMPLERS
 
 F64 = torch.float64
 Case = Tuple[str, Callable[[], object], Type[BaseException], str]
@@ -125,6 +127,48 @@ CASES += [
     ("missing-checkpoint", lambda: sg.load_checkpoint("/nonexistent/dir/checkpoint.pt"), FileNotFoundError, "checkpoint not found"),
     ("trainer-zero-batch", lambda: sg.Trainer(sg.ScoreModel(sg.MLPScoreNet(2), sg.VPSDE()), sg.VPSDE(), torch.zeros(4, 2), batch_size=0), ValueError, "batch_size"),
     ("dsm-unknown-weighting", lambda: sg.dsm_loss(lambda x, t: x, sg.VPSDE(), torch.zeros(4, 2), weighting="snr"), ValueError, "weighting"),
+    # ---- custom schedules are checked at construction (alpha > 0, sigma > 0, g^2 >= 0, tensor callables)
+    ("custom-sde-decreasing-sigma", lambda: sg.LinearSDE(alpha=lambda t: torch.ones_like(t), sigma=lambda t: 2.0 - t), ValueError, "g\\(t\\)\\^2"),
+    ("custom-sde-math-callable", lambda: sg.LinearSDE(alpha=lambda t: math.cos(t), sigma=lambda t: math.sin(t)), TypeError, "alpha must map"),
+    ("custom-sde-negative-alpha", lambda: sg.LinearSDE(alpha=lambda t: 0.5 - t, sigma=lambda t: 0.01 + t), ValueError, "alpha\\(t\\) must be finite and > 0"),
+    ("custom-sde-zero-sigma", lambda: sg.LinearSDE(alpha=lambda t: torch.ones_like(t), sigma=lambda t: 0.0 * t), ValueError, "sigma\\(t\\) must be finite and > 0"),
+    ("custom-sde-scalar-output", lambda: sg.LinearSDE(alpha=lambda t: torch.ones(()), sigma=lambda t: 0.01 + t), TypeError, "alpha must return a tensor of the input's shape"),
+    ("custom-sde-nan-sigma", lambda: sg.LinearSDE(alpha=lambda t: torch.ones_like(t), sigma=lambda t: torch.sqrt(t - 0.5)), ValueError, "sigma\\(t\\) must be finite"),
+    # ---- the registry
+    ("registry-unknown-sampler", lambda: SAMPLERS["rk45"], KeyError, "unknown sampler 'rk45'"),
+    ("registry-nfe-below-one-step", lambda: SAMPLERS["dpm_solver3"].steps_for(2), ValueError, "nfe=2"),
+    ("registry-nfe-of-adaptive", lambda: SAMPLERS["ode"].nfe(10), ValueError, "adaptive"),
+    ("registry-steps-bool", lambda: SAMPLERS["heun"].nfe(True), ValueError, "n_steps"),
+    ("registry-nfe-float", lambda: SAMPLERS["heun"].steps_for(10.0), TypeError, "nfe"),
+    # ---- common sampler options
+    ("sampler-model-kwargs-not-mapping", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), model_kwargs=[1]), TypeError, "model_kwargs"),
+    ("sampler-model-kwargs-bad-key", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), model_kwargs={"not a name": 1}), ValueError, "model_kwargs"),
+    ("sampler-callback-not-callable", lambda: sg.heun(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), callback=1), TypeError, "callback"),
+    ("sampler-check-finite-unknown", lambda: sg.ancestral(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), check_finite="sometimes"), ValueError, "check_finite"),
+    ("sampler-differentiable-not-bool", lambda: sg.ancestral(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), differentiable="yes"), TypeError, "differentiable"),
+    ("sampler-generator-on-other-device", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2, device="meta"), _ts(), generator=torch.Generator()), ValueError, "generator"),
+    ("sampler-increasing-ts", lambda: sg.dpm_solver_pp_2m(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts().flip(0)), ValueError, "ts must be strictly decreasing"),
+    ("sampler-ts-past-T", lambda: sg.dpm_solver_pp_2m(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), torch.tensor([2.0, 0.5], dtype=F64)), ValueError, "ts must lie in"),
+    ("sampler-score-wrong-shape", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: x[:, :1], torch.zeros(2, 2), _ts()), ValueError, "score_fn returned shape"),
+    ("sampler-score-not-tensor", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: 0.0, torch.zeros(2, 2), _ts()), ValueError, "score_fn returned shape"),
+    ("sampler-callback-raises", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), callback=lambda d: 1 / 0), ValueError, "callback raised ZeroDivisionError"),
+    ("sampler-kwargs-not-accepted", lambda: sg.euler_maruyama(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), _ts(), model_kwargs={"y": 1}), TypeError, "model_kwargs"),
+    # ---- sdeint / odeint outputs
+    ("sdeint-save-unknown", lambda: sg.sdeint(sg.ReverseSDE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), save="some"), ValueError, "save"),
+    ("sdeint-save-out-of-range", lambda: sg.sdeint(sg.ReverseSDE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), save=[0, 99]), ValueError, "save"),
+    ("sdeint-save-not-increasing", lambda: sg.sdeint(sg.ReverseSDE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), save=[2, 1]), ValueError, "save"),
+    ("sdeint-callback-adaptive", lambda: sg.sdeint(sg.ReverseSDE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), adaptive=True, callback=print), ValueError, "callback"),
+    ("odeint-method-not-string", lambda: sg.odeint(sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), method=5), TypeError, "method"),
+    ("odeint-empty-tuple-state", lambda: sg.odeint(lambda t, x: x, (), _ts()), ValueError, "x0"),
+    ("odeint-unknown-torchdiffeq-method", lambda: sg.odeint(sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), method="rk45"), ValueError, "rk45"),
+    ("reverse-sde-ts-increasing", lambda: sg.ReverseSDE(sg.VPSDE(), lambda x, t: -x).solver_times(torch.tensor([0.1, 0.5], dtype=F64)), ValueError, "strictly decreasing"),
+    # ---- conditioning
+    ("label-guidance-float-label", lambda: sg.label_guidance(lambda x, t, y: x, torch.tensor([0.5]), 1.0, null_label=3, num_classes=3), TypeError, "y must be an integer tensor"),
+    ("label-guidance-label-out-of-range", lambda: sg.label_guidance(lambda x, t, y: x, 5, 1.0, null_label=3, num_classes=3), ValueError, "y must be in"),
+    ("label-guidance-null-is-a-class", lambda: sg.label_guidance(lambda x, t, y: x, 0, 1.0, null_label=2, num_classes=3), ValueError, "null_label"),
+    ("label-guidance-nan-scale", lambda: sg.label_guidance(lambda x, t, y: x, 0, float("nan"), null_label=3, num_classes=3), ValueError, "scale"),
+    ("unet-float-labels", lambda: sg.UNet(in_channels=1, base=8, num_classes=3)(torch.zeros(2, 1, 8, 8), torch.full((2,), 0.5), y=torch.tensor([0.0, 1.0])), ValueError, "y must be an integer tensor"),
+    ("calibrate-stochastic-sampler", lambda: sg.samplers.calibrate_timesteps(sg.VPSDE(), lambda x, t: -x, "euler_maruyama", 10, torch.zeros(4, 2)), ValueError, "deterministic"),
     # ---- command line (exit code 2, message on stderr)
     ("cli-unknown-sampler", lambda: _cli("sample", "--checkpoint", "/nonexistent", "--sampler", "rk45"), SystemExit, "2"),
     ("cli-negative-n", lambda: _cli("sample", "--checkpoint", "/nonexistent", "-n", "-5"), SystemExit, "2"),
