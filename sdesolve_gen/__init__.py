@@ -22,6 +22,9 @@ from .analytic import analytic_classifier, analytic_conditional_score, gaussian_
 from .guidance import classifier_free_guidance, classifier_guidance, label_guidance
 from .samplers import SAMPLERS, SamplerSpec, adaptive_sde, ancestral, dpm_solver, dpm_solver_pp_2m, euler_maruyama, heun, inpaint, ode, reverse_diffusion
 from .sde import EDMSDE, CosineVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from . import discrete, pretrained
+from .discrete import DiscreteVPSDE
+from .pretrained import DenoiserScore, TimestepModelScore
 
 
 __all__ = [
@@ -67,6 +70,11 @@ __all__ = [
     "SubVPSDE",
     "CosineVPSDE",
     "EDMSDE",
+    "DiscreteVPSDE",
+    "discrete",
+    "pretrained",
+    "TimestepModelScore",
+    "DenoiserScore",
     "Solution",
     "SAMPLERS",
     "SamplerSpec",
