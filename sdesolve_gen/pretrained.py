@@ -9,7 +9,7 @@ diffusers' ``UNet2DModel`` / ``UNet2DConditionModel``, returning a tensor, a tup
 entry is the prediction, or an object with ``.sample``. ``timestep`` is a ``(B,)`` tensor in the
 model's dtype:
 
-* ``timestep="discrete"`` (needs a :class:`~sdesolve_gen.discrete.DiscreteVPSDE`): the fractional
+* ``timestep="discrete"`` (needs a :class:`~sdesolve_gen.DiscreteVPSDE`): the fractional
   training timestep :math:`\tau = N t - 1` (integer on diffusers' grids);
 * ``timestep=c`` (a positive number): :math:`c\,t`, for continuous-time models (score_sde's VP
   models use :math:`c = 999`, its VE models are called with :math:`\sigma(t)` instead: use
@@ -113,7 +113,7 @@ class TimestepModelScore(nn.Module):
     Args:
         model: the network (see the module docstring for what it may return).
         sde: the SDE it was trained for; for ``timestep="discrete"`` a
-            :class:`~sdesolve_gen.discrete.DiscreteVPSDE`.
+            :class:`~sdesolve_gen.DiscreteVPSDE`.
         prediction_type: ``"epsilon"``, ``"v_prediction"``, ``"sample"`` (or ``"eps"``, ``"v"``,
             ``"x0"``, ``"score"``).
         timestep: ``"discrete"`` (:math:`\tau = N t - 1`) or a positive scale ``c`` (:math:`c\,t`).

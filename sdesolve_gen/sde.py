@@ -124,14 +124,14 @@ class LinearSDE:
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod, **kwargs):
-        """The VP SDE through a discrete DDPM schedule: :class:`~sdesolve_gen.discrete.DiscreteVPSDE`."""
+        """The VP SDE through a discrete DDPM schedule: :class:`~sdesolve_gen.DiscreteVPSDE`."""
         from .discrete import DiscreteVPSDE
 
         return DiscreteVPSDE(alphas_cumprod, **kwargs)
 
     @classmethod
     def from_betas(cls, beta_schedule="linear", num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, **kwargs):
-        """The VP SDE of a diffusers ``beta_schedule``: :meth:`~sdesolve_gen.discrete.DiscreteVPSDE.from_betas`."""
+        """The VP SDE of a diffusers ``beta_schedule``: :meth:`~sdesolve_gen.DiscreteVPSDE.from_betas`."""
         from .discrete import DiscreteVPSDE
 
         return DiscreteVPSDE.from_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, **kwargs)

@@ -353,3 +353,8 @@ def test_matches_k_diffusion_on_the_same_sigmas(k_name, ours):
         k_x = getattr(ks, k_name)(den, x_T / float(sde.alpha(ts[0])), sig, disable=True)
     k_x = k_x * float(sde.alpha(ts[-1]))
     assert _rel(ours_x, k_x) < REL_TOL
+    # and back: the k-diffusion denoiser through DenoiserScore is our score again (the float32
+    # round trip x -> x/alpha -> alpha * D -> score cancels in float32 where alpha = 0.006; asserted 1e-4 relative)
+    back = DenoiserScore(den, sde)
+    for t in (ts[0], ts[5], ts[-1]):
+        assert _rel(back(x_T, t), score(x_T, t)) < 1e-4, float(t)
