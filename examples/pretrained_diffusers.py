@@ -80,6 +80,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="pretrained_samples.png")
     args = parser.parse_args(argv)
     steps, n, n_bpd = (5, 4, 1) if args.smoke else (args.steps, args.n, args.n_bpd)
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        print("diffusers is not installed (pip install diffusers): nothing to do")
+        return
 
     unet, sde, pred, random_weights = load(args.model, args.prediction_type)
     score = sg.TimestepModelScore(unet, sde, pred)
