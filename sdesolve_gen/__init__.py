@@ -5,18 +5,20 @@ torchdiffeq functions; the library adds schedules, exact analytic oracles, score
 parameterisations, samplers, likelihoods and training on top.
 """
 
-from . import analytic, correctors, data, guidance, losses, nets, plotting, samplers, train
+from . import analytic, correctors, data, discrete, guidance, losses, nets, plotting, pretrained, samplers, train
 from ._checks import NonFiniteError
 from ._version import __version__
 from .analytic import analytic_classifier, analytic_conditional_score, gaussian_conditional
 from .bpd import bits_per_dim, dequantize
 from .correctors import annealed_langevin, predictor_corrector
+from .discrete import DiscreteVPSDE
 from .guidance import classifier_free_guidance, classifier_guidance, label_guidance
 from .integrate import GridBrownian, odeint, sdeint, timesteps
 from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
 from .losses import dsm_loss, implicit_score_matching_loss, sliced_score_matching_loss
 from .nets import MLPScoreNet, UNet
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
+from .pretrained import DenoiserScore, TimestepModelScore
 from .reverse import ProbabilityFlowODE, ReverseSDE
 from .samplers import (
     SAMPLERS,
@@ -78,6 +80,11 @@ __all__ = [
     "SubVPSDE",
     "CosineVPSDE",
     "EDMSDE",
+    "DiscreteVPSDE",
+    "discrete",
+    "pretrained",
+    "TimestepModelScore",
+    "DenoiserScore",
     "Solution",
     "SAMPLERS",
     "SamplerSpec",

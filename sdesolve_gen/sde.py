@@ -28,7 +28,7 @@ Shapes: times ``t`` may be a Python float, a 0-d tensor or a ``(B,)`` tensor; st
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -121,6 +121,26 @@ class LinearSDE:
         self._prior_std = None if prior_std is None else check_positive("prior_std", prior_std)
         if alpha is not None:
             _check_custom_schedule(self)
+
+    # ------------------------------------------------------------------ discrete schedules
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: Any, **kwargs: Any) -> "LinearSDE":
+        """The VP SDE through a discrete DDPM schedule: :class:`~sdesolve_gen.DiscreteVPSDE`."""
+        from .discrete import DiscreteVPSDE
+
+        return DiscreteVPSDE(alphas_cumprod, **kwargs)
+
+    @classmethod
+    def from_betas(
+        cls, beta_schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 0.0001,
+        beta_end: float = 0.02, *, trained_betas: Optional[Any] = None, eps: Optional[float] = None,
+    ) -> "LinearSDE":
+        """The VP SDE of a diffusers ``beta_schedule``: :meth:`~sdesolve_gen.DiscreteVPSDE.from_betas`."""
+        from .discrete import DiscreteVPSDE
+
+        return DiscreteVPSDE.from_betas(beta_schedule, num_train_timesteps, beta_start, beta_end,
+                                        trained_betas=trained_betas, eps=eps)
 
     # ------------------------------------------------------------------ schedule primitives
     # These take float64 tensors of any shape and do no argument checking (hot path).
