@@ -1,7 +1,7 @@
 """Callables of the docs gallery (sphinx-gallery takes them by importable name, so the pickled
 Sphinx environment holds strings, not objects defined in conf.py).
 
-Each example is executed with ``--smoke --out <tmp>/<name>.png`` (fast sizes, the same code path
+Each example is executed with ``--smoke --out docs/gallery/_smoke_out/<name>.png`` (fast sizes, the same code path
 as a full run); the PNG it writes is the figure shown under its code, so the gallery shows exactly
 what ``python examples/NAME.py --smoke --out NAME.png`` produces. torch runs on one thread, as
 the examples' tests and the CLI do (two OpenMP threads on a busy 2-core machine are several times
@@ -10,30 +10,29 @@ slower).
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-_TMP: str | None = None
+# The PNGs land in the generated gallery directory (git-ignored) and are moved into its images/
+# by png_scraper; a repository-relative path, so the printed "wrote ..." line names no machine path.
+_OUT = Path(__file__).resolve().parent / "gallery" / "_smoke_out"
 
 
 def _png(src_file: str) -> str:
-    global _TMP
-    if _TMP is None:
-        _TMP = tempfile.mkdtemp(prefix="sg-gallery-")
-        atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
-    return os.path.join(_TMP, Path(src_file).stem + ".png")
+    _OUT.mkdir(parents=True, exist_ok=True)
+    return str(_OUT / (Path(src_file).stem + ".png"))
 
 
 def reset_argv(gallery_conf: dict, script_vars: dict) -> list:
-    """``sys.argv[1:]`` of an example: ``--smoke --out <tmp>/<name>.png``."""
+    """``sys.argv[1:]`` of an example: ``--smoke --out docs/gallery/_smoke_out/<name>.png``."""
     import torch
 
     torch.set_num_threads(1)
-    return ["--smoke", "--out", _png(script_vars["src_file"])]
+    # relative to the example's directory, where sphinx-gallery runs it
+    src = script_vars["src_file"]
+    return ["--smoke", "--out", os.path.relpath(_png(src), os.path.dirname(os.path.abspath(src)))]
 
 
 def png_scraper(block: Any, block_vars: dict, gallery_conf: dict) -> str:

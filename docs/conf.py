@@ -63,7 +63,7 @@ sphinx_gallery_conf = {
     "capture_repr": (),
     "within_subsection_order": "FileNameSortKey",
     "min_reported_time": 1,
-    "write_computation_times": True,
+    "write_computation_times": False,  # no generated docs/sg_execution_times.rst in the source tree
 }
 try:
     import furo  # noqa: F401

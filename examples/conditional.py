@@ -14,7 +14,7 @@ methods, not of a trained network:
 * inpainting by replacement on a correlated Gaussian: the unknown coordinate's mean/variance vs
   the exact conditional p(x_u | x_k) (replacement is biased when the blocks are correlated).
 
-Run:
+Run::
 
     python examples/conditional.py [--smoke] [--out conditional.png]
 """

@@ -5,7 +5,7 @@ Exact marginals of a Gaussian mixture under the VP SDE
 Print the exact marginal p_t of a 2-D Gaussian mixture under the VP SDE at a few times.
 
 Under a linear SDE a mixture stays a mixture: component k moves to mean alpha(t) mu_k and
-covariance alpha(t)^2 Sigma_k + sigma(t)^2 I. Run:
+covariance alpha(t)^2 Sigma_k + sigma(t)^2 I. Run::
 
     python examples/gmm_marginals.py [--out marginals.png]   # the figure: p_t at the same times
 """

@@ -8,7 +8,7 @@ Data: samples of a D-dimensional anisotropic mixture in [-1, 1]^D, quantised to 
 (k = floor((x + 1)/2 * 256)), then uniformly dequantised back to [-1, 1]. The model is the
 mixture itself (exact score, exact prior p_T), so the ODE answer can be compared with the
 oracle log p_eps. Printed: bits/dim from the exact divergence and from Hutchinson (with its
-standard error), the oracle, NFE and wall time. Run:
+standard error), the oracle, NFE and wall time. Run::
 
     python examples/likelihood_bpd.py            # D=16, 256 points
     python examples/likelihood_bpd.py --smoke    # D=4, 32 points, a few seconds

@@ -4,7 +4,7 @@ Quickstart: reverse SDE and PF-ODE on a 2-D mixture
 
 The README quickstart as a script: sample a 2-D Gaussian mixture with the reverse SDE (torchsde)
 and the probability-flow ODE (torchdiffeq) using the exact score, and compare the sample means with
-the true mean. Run:
+the true mean. Run::
 
     python examples/quickstart.py            # 2000 samples, 500 Euler-Maruyama steps (as the README)
     python examples/quickstart.py --smoke    # 500 samples, 100 steps

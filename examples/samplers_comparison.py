@@ -3,7 +3,7 @@ Samplers at matched NFE budgets against the exact answer
 ========================================================
 
 Every sampler at matched score-evaluation budgets on the demo's 2-D Gaussian mixture (VP SDE,
-exact score, exact prior), scored against the exact answer. Run:
+exact score, exact prior), scored against the exact answer. Run::
 
     python examples/samplers_comparison.py [--out comparison.png]   # N = 10000, budgets 10..200 NFE
     python examples/samplers_comparison.py --smoke                  # N = 500, budgets 10 and 30

@@ -3,7 +3,7 @@ Train a U-Net on 8x8 digits
 ===========================
 
 Train a small U-Net on scikit-learn's bundled 8x8 digits (no download), save a grid of samples
-as a PNG, and report bits/dim of held-out digits via the PF-ODE likelihood.
+as a PNG, and report bits/dim of held-out digits via the PF-ODE likelihood. ::
 
     python examples/train_digits.py                # full run (CPU, several minutes)
     python examples/train_digits.py --smoke        # seconds, for CI

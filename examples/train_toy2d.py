@@ -3,7 +3,7 @@ Train a score model on a 2-D toy set
 ====================================
 
 Train a score model on a 2-D Gaussian mixture, sample from it, and compare its PF-ODE
-log-likelihood with the EXACT log density of the data.
+log-likelihood with the EXACT log density of the data. ::
 
     python examples/train_toy2d.py                 # full run (CPU, a few minutes)
     python examples/train_toy2d.py --smoke         # seconds, for CI
