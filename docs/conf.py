@@ -33,12 +33,38 @@ extensions = [
     "sphinx.ext.viewcode",
     # copies MathJax 3 into _static/mathjax and points mathjax_path at it: no CDN at view time
     "sphinx-mathjax-offline",
+    # the gallery (docs/gallery, generated): every examples/*.py run in --smoke mode, its figure
+    # shown with its code and printed output
+    "sphinx_gallery.gen_gallery",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 exclude_patterns = ["_build"]
+
+# ---------------------------------------------------------------------------------------------
+# Gallery: docs/gallery is generated from examples/*.py, each run in --smoke mode with its figure
+# and output shown under its code (callables in _gallery_conf.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "gallery",
+    "filename_pattern": r".*\.py$",  # execute every example
+    "ignore_pattern": r"__init__\.py",
+    "reset_argv": "_gallery_conf.reset_argv",
+    "image_scrapers": ("_gallery_conf.png_scraper",),
+    "remove_config_comments": True,
+    "download_all_examples": False,
+    "show_signature": False,
+    "plot_gallery": "True",
+    "abort_on_example_error": True,
+    "only_warn_on_example_error": False,
+    "capture_repr": (),
+    "within_subsection_order": "FileNameSortKey",
+    "min_reported_time": 1,
+    "write_computation_times": False,  # no generated docs/sg_execution_times.rst in the source tree
+}
 try:
     import furo  # noqa: F401
 

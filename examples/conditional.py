@@ -1,4 +1,8 @@
-"""Conditional generation on a 2-D Gaussian mixture: classifier guidance and inpainting.
+"""
+Conditional generation: guidance and inpainting
+===============================================
+
+Conditional generation on a 2-D Gaussian mixture: classifier guidance and inpainting.
 
 Everything uses exact scores (the analytic oracles), so the numbers printed are properties of the
 methods, not of a trained network:
@@ -10,7 +14,7 @@ methods, not of a trained network:
 * inpainting by replacement on a correlated Gaussian: the unknown coordinate's mean/variance vs
   the exact conditional p(x_u | x_k) (replacement is biased when the blocks are correlated).
 
-Run:
+Run::
 
     python examples/conditional.py [--smoke] [--out conditional.png]
 """
@@ -27,7 +31,7 @@ F64 = torch.float64
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description='Conditional generation: guidance and inpainting')
     parser.add_argument("--smoke", action="store_true", help="few samples and steps (a few seconds)")
     parser.add_argument("--out", default=None, help="write a PNG figure here (needs matplotlib)")
     parser.add_argument("--seed", type=int, default=0)
@@ -97,12 +101,16 @@ def main(argv=None) -> None:
             ax.scatter(xs[:, 0], xs[:, 1], s=2, c=bayes_label(xs), cmap="viridis", vmin=0, vmax=2)
             ax.set_title(f"classifier guidance to y={y}, scale {scale}")
             ax.set_aspect("equal")
+            ax.set_xlabel("x[0]")
+            ax.set_ylabel("x[1]")
         grid = torch.linspace(-3.5, 3.0, 200, dtype=F64)
         exact = torch.exp(-0.5 * (grid - float(cm)) ** 2 / float(cv)) / torch.sqrt(2 * torch.pi * cv.reshape(()))
         for sampler in ("euler_maruyama", "pc", "ode"):
             axes[2].hist(inpainted[sampler][:, 1].numpy(), bins=60, density=True, histtype="step", label=f"replacement [{sampler}]")
         axes[2].plot(grid, exact, "k", label="exact p(x_1 | x_0)")
         axes[2].set_title(f"inpainting x_1 given x_0={x_k}, rho={rho}")
+        axes[2].set_xlabel("x_1")
+        axes[2].set_ylabel("density")
         axes[2].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.out, dpi=110)

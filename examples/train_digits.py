@@ -1,5 +1,9 @@
-"""Train a small U-Net on scikit-learn's bundled 8x8 digits (no download), save a grid of samples
-as a PNG, and report bits/dim of held-out digits via the PF-ODE likelihood.
+"""
+Train a U-Net on 8x8 digits
+===========================
+
+Train a small U-Net on scikit-learn's bundled 8x8 digits (no download), save a grid of samples
+as a PNG, and report bits/dim of held-out digits via the PF-ODE likelihood. ::
 
     python examples/train_digits.py                # full run (CPU, several minutes)
     python examples/train_digits.py --smoke        # seconds, for CI
@@ -32,7 +36,7 @@ class DequantizedDigits:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description='Train a U-Net on 8x8 digits')
     p.add_argument("--smoke", action="store_true", help="tiny run for CI")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=128)
@@ -68,12 +72,12 @@ def main(argv=None) -> None:
     with torch.no_grad():
         x_T = sde.prior_sample((64, 1, 8, 8), generator=torch.Generator().manual_seed(1))
         sol = sg.dpm_solver(sde, ema, x_T, sg.timesteps(sde, 25, kind="logsnr"), order=2, denoise=True)
-        x, info = sol.x, sol
+        x = sol.x
     try:
         from sdesolve_gen.plotting import image_grid
 
         image_grid(x.clamp(*RANGE), args.out, nrow=8, value_range=RANGE, dpi=400)
-        print(f"wrote {args.out} (64 samples, DPM-Solver-2, {info.nfe} NFE)")
+        print(f"wrote {args.out} (64 samples, DPM-Solver-2, {sol.nfe} NFE)")
     except ImportError as exc:
         print(f"skipped the PNG: {exc}")
 

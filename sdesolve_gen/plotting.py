@@ -73,6 +73,8 @@ def scatter_vs_density(
     alpha: float = 0.35,
     color: str = "C0",
     title: Optional[str] = None,
+    xlabel: Optional[str] = "x[0]",
+    ylabel: Optional[str] = "x[1]",
 ) -> Any:
     r"""Scatter 2-D samples over the contours of an exact density :math:`p(x)`.
 
@@ -91,6 +93,7 @@ def scatter_vs_density(
         levels: number of contour levels (>= 2).
         max_points, s, alpha, color: scatter options.
         title: axes title.
+        xlabel, ylabel: axis labels (default ``"x[0]"``, ``"x[1]"``; ``None`` leaves them unset).
 
     Returns:
         ``ax``.
@@ -130,6 +133,10 @@ def scatter_vs_density(
     ax.set_xlim(ext[0], ext[1])
     ax.set_ylim(ext[2], ext[3])
     ax.set_aspect("equal", adjustable="box")
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
     if title is not None:
         ax.set_title(title)
     return ax

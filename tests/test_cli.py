@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdesolve_gen import cli
-from sdesolve_gen.demo import sliced_w2
+from sdesolve_gen.demo import CURVE_SAMPLERS, FLOOR_NAME, run_demo, sliced_w2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["-n", "400", "--em-steps", "40", "--pc-steps", "20", "--dpm-steps", "4", "--n-likelihood", "3"]
@@ -31,14 +31,44 @@ def test_demo_small_writes_png_and_prints_table(tmp_path, capsys, monkeypatch):
     rc, out, err = run(["demo", "--out", "d.png", *SMALL], capsys)
     assert rc == 0, err
     assert (tmp_path / "d.png").read_bytes()[:8] == PNG_MAGIC
-    for name in ("euler_maruyama", "predictor_corrector", "ode", "dpm_solver3", "exact (reference)"):
+    for name in ("euler_maruyama", "predictor_corrector", "ode", "dpm_solver3", FLOOR_NAME):
         assert name in out
-    assert "NFE" in out and "SW2" in out and "|log p_ODE - log p_exact|" in out
+    assert "NFE" in out and "SW2" in out and "traj err" in out and "|log p_ODE - log p_exact|" in out
+    assert "How to read" in out and "not 'better than exact'" in out
+    # the floor row comes FIRST (what perfect sampling scores), then the samplers
+    lines = out.splitlines()
+    table = lines.index(next(line for line in lines if line.startswith("sampler")))
+    assert lines[table + 1].startswith(FLOOR_NAME)
     # NFE column is the samplers' real count: EM takes one evaluation per step, PC two, DPM-3 three
-    rows = {line[:20].strip(): line[20:].split() for line in out.splitlines() if line[:20].strip()}
+    rows = {line[:25].strip(): line[25:].split() for line in lines[table + 1: table + 6]}
     assert int(rows["euler_maruyama"][0]) == 40
     assert int(rows["predictor_corrector"][0]) == 40
     assert int(rows["dpm_solver3"][0]) == 12
+    # trajectory error only for the deterministic samplers
+    assert rows["euler_maruyama"][3] == "-" and rows["predictor_corrector"][3] == "-"
+    assert float(rows["ode"][3]) < float(rows["dpm_solver3"][3])
+    for name in CURVE_SAMPLERS:
+        assert any(line.strip().startswith(name) for line in lines[table + 6:])
+
+
+def test_demo_floor_is_scored_like_a_sampler_and_curves_converge():
+    """The floor row is the same two-sample SW2 as the sampler rows, for exact samples: an exact
+    sampler plugged in as a sampler row would score like it. Each error-vs-NFE curve falls from
+    its smallest to its largest budget and costs what the registry says."""
+    from sdesolve_gen.samplers import SAMPLERS
+
+    res = run_demo(None, n=400, em_steps=20, pc_steps=10, dpm_steps=4, n_likelihood=2, n_floor=4, n_traj=200,
+                   curve_nfes=(10, 40))
+    floor = res.floor
+    assert floor.sampler == FLOOR_NAME and floor.sw2_sd > 0 and floor.traj_err is None
+    assert [r.sampler for r in res.samplers] == ["euler_maruyama", "predictor_corrector", "ode", "dpm_solver3"]
+    assert [r.traj_err is None for r in res.samplers] == [True, True, False, False]
+    for c in res.curves:
+        assert len(c.nfe) == 2 and c.traj_err[1] < c.traj_err[0], c
+        assert all(b <= cap for b, cap in zip(c.nfe, (10, 40)))
+        assert c.nfe == [SAMPLERS[c.sampler].nfe(SAMPLERS[c.sampler].steps_for(b)) for b in (10, 40)]
+    with pytest.raises(ValueError, match="curve_samplers"):
+        run_demo(None, n=10, curve_samplers=("euler_maruyama",))
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ def test_scatter_vs_density_contours_are_the_exact_density(ax, gmm, tmp_path):
     out = plotting.scatter_vs_density(ax, x, gmm, extent=(-4, 4, -3, 4), n_grid=60, title="t")
     assert out is ax
     assert ax.get_title() == "t" and ax.get_xlim() == (-4, 4)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x[0]", "x[1]")  # every panel says what its axes are
     # the contour levels span [0, max p]: the max of the exact density on the grid (mixture peak
     # ~ 0.6 / (2 pi 0.2) = 0.477 at (2, 1)) must lie in the top level band.
     filled = [c for c in ax.collections if hasattr(c, "levels")][0]
