@@ -34,7 +34,7 @@ __all__ = ["PROBES", "score_divergence", "draw_probes", "DivergenceEngine", "def
 
 PROBES = ("rademacher", "gaussian")
 #: working-set bound of one vectorised backward pass of the exact trace (elements of chunk x B x D)
-CHUNK_ELEMENTS = 2**18
+CHUNK_ELEMENTS = 2**16
 
 
 def draw_probes(
@@ -70,11 +70,12 @@ def _vjps_autograd(s: Tensor, x: Tensor, vs: Tensor) -> Tensor:
 
 
 def default_chunk(B: int, D: int) -> int:
-    """Basis vectors per batched backward pass of the exact trace: ``chunk * B * D <= 2**18`` elements.
+    """Basis vectors per batched backward pass of the exact trace: ``chunk * B * D <= 2**16`` elements.
 
-    Measured (float64, 1 thread, 64-D mixture score, B=256): 4-8 basis vectors per pass ran in
-    0.20 s per evaluation, 64 at once in 0.56 s (the working set falls out of cache), so the
-    default bounds the working set rather than the number of passes.
+    Measured (float64, 1 thread): a 64-D mixture score at B=256 ran 0.20 s per evaluation with 4-8
+    basis vectors per pass and 0.56 s with all 64 at once; an 8x8 U-Net at B=197 ran 5.8-6.1 s
+    with 4-8 per pass and 10.6 s with 20 (the working set falls out of cache), so the default
+    bounds the working set rather than the number of passes.
     """
     return max(1, min(D, CHUNK_ELEMENTS // max(1, B * D)))
 

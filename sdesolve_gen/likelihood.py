@@ -82,10 +82,11 @@ METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "rk4", "mi
 _DIVERGENCES = ("auto", "exact", "hutchinson")
 _ERROR_CONTROLS = ("per_sample", "batch")
 #: ``divergence="auto"`` uses the exact trace up to this many dimensions per sample, Hutchinson
-#: above. Chosen from the D-scaling benchmark (``benchmarks/likelihood_scaling.py``): the exact
-#: trace costs about as much per evaluation as 32 Rademacher probes (the K at which the probe
-#: stderr was measured to cover honestly) near D = 256 for an MLP score on 1 CPU thread.
-AUTO_EXACT_MAX_DIM = 256
+#: above. From the D-scaling benchmark (``benchmarks/likelihood_scaling.py``, MLP score, B=8, one
+#: thread): the exact trace cost 1.5x / 2.2x / 5.9x the 32-probe Rademacher estimator (the K whose
+#: stderr was measured to cover honestly) per evaluation at D = 64 / 128 / 256, and it has no
+#: probe noise; above 128 its D backward passes (cost ~D^2 for a score whose cost is ~D) dominate.
+AUTO_EXACT_MAX_DIM = 128
 #: power-of-two scale of the stored log-density increment (see the module docstring)
 _DELTA_SCALE = 2.0**-20
 
