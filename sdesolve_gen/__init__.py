@@ -14,7 +14,16 @@ from .correctors import annealed_langevin, predictor_corrector
 from .discrete import DiscreteVPSDE
 from .guidance import classifier_free_guidance, classifier_guidance, label_guidance
 from .integrate import GridBrownian, odeint, sdeint, timesteps
-from .likelihood import LikelihoodResult, decode, encode, interpolate, log_likelihood, log_likelihood_bound
+from .likelihood import (
+    LikelihoodBound,
+    LikelihoodResult,
+    dataset_log_likelihood,
+    decode,
+    encode,
+    interpolate,
+    log_likelihood,
+    log_likelihood_bound,
+)
 from .losses import dsm_loss, implicit_score_matching_loss, sliced_score_matching_loss
 from .nets import MLPScoreNet, UNet
 from .parameterisation import PARAMETERISATIONS, ScoreModel, convert, from_score, to_score
@@ -102,6 +111,8 @@ __all__ = [
     "log_likelihood",
     "log_likelihood_bound",
     "LikelihoodResult",
+    "LikelihoodBound",
+    "dataset_log_likelihood",
     "bits_per_dim",
     "dequantize",
     "encode",

@@ -5,7 +5,7 @@ Subcommands (``sdesolve-gen <command> --help`` for each)::
     sdesolve-gen demo        [--out demo.png] [--seed 0] [-n 10000] ...
     sdesolve-gen train       --ckpt DIR [--data eight_gaussians|two_moons|swiss_roll|checkerboard|digits] [--conditional] [--steps N] [--resume]
     sdesolve-gen sample      DIR [--sampler NAME] [-n N] [--steps N] [--seed S] [--class K [--cfg W]] [--out samples.pt|.png]
-    sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S]
+    sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S] [--progress]
     sdesolve-gen bench       [--quick] [--out DIR] [--only SECTION ...]
 
 Bad arguments and user errors (unknown sampler, missing checkpoint, non-positive sizes, an
@@ -429,7 +429,7 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
         x = held[: args.n].double()
         what = f"{x.shape[0]} held-out digits (never trained on)"
     res = log_likelihood(sde, model, x, rtol=args.rtol, atol=args.atol, divergence=args.divergence,
-                         n_probes=args.probes, generator=g)
+                         n_probes=args.probes, generator=g, progress=args.progress)
     lp = res.log_prob
     n = lp.numel()
     D = math.prod(m["shape"])
@@ -537,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     lk.add_argument("--weights", default="ema", choices=("ema", "raw"),
                    help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
+    lk.add_argument("--progress", action="store_true", help="show a tqdm bar per accepted solver step")
     lk.set_defaults(func=_cmd_likelihood)
 
     b = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)",

@@ -1,0 +1,141 @@
+r"""Exact-divergence cost per evaluation vs dimension D (64 .. 3072), and the crossover to Hutchinson.
+
+Score: a 2-layer MLP ``D -> 256 -> D`` (tanh), batch B = 8, float32, one thread. For each D:
+one score evaluation, one vector-Jacobian product (forward + one backward), the exact trace with
+:class:`sdesolve_gen.divergence.DivergenceEngine` (torch.func path, default chunk), the exact
+trace of the previous implementation (all D basis vectors in one ``is_grads_batched`` pass, as
+on main before this change; skipped above 1024 where its D x B x D working set is the problem)
+and Hutchinson with K = 1 and K = 32 Rademacher probes.
+
+The exact trace needs D backward passes, each of which costs O(D) for this score, so its total
+cost is inherently ~D^2; "linear in D" is judged on the cost per backward pass: the fitted
+exponent of ``exact / one_vjp`` vs D should be ~1 (no superlinear overhead from the working
+set). Both exponents (raw and per-VJP) are reported.
+
+    python -m benchmarks.likelihood_scaling [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List
+
+import torch
+
+from sdesolve_gen.divergence import DivergenceEngine
+
+
+def _time(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _old_exact(f, x):
+    """main's exact trace: every basis vector in one batched backward pass."""
+    B, D = x.shape
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        s = f(xg)
+        basis = torch.eye(D, dtype=x.dtype)[:, None, :].expand(-1, B, D)
+        g = torch.autograd.grad(s, xg, basis, retain_graph=True, is_grads_batched=True)[0]
+        return torch.diagonal(g, dim1=0, dim2=2).sum(-1)
+
+
+def _fit(ds: List[int], ts: List[float]) -> float:
+    lx = [math.log(d) for d in ds]
+    ly = [math.log(t) for t in ts]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results", log=print) -> Dict[str, Any]:
+    torch.manual_seed(0)
+    dims = [64, 256, 1024] if quick else [64, 128, 256, 512, 1024, 2048, 3072]
+    B, H = 8, 256
+    rows: List[Dict[str, Any]] = []
+    for D in dims:
+        net = torch.nn.Sequential(torch.nn.Linear(D, H), torch.nn.Tanh(), torch.nn.Linear(H, D))
+        f = lambda x: net(x)  # noqa: E731
+        x = torch.randn(B, D)
+        eng = DivergenceEngine()
+        eng(f, x)  # first call: the autograd path and the graph check
+        p1 = torch.randint(0, 2, (1, B, D)).float() * 2 - 1
+        p32 = torch.randint(0, 2, (32, B, D)).float() * 2 - 1
+
+        def one_vjp():
+            xg = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                s = f(xg)
+                return torch.autograd.grad(s, xg, torch.ones_like(s))[0]
+
+        r = dict(D=D, B=B,
+                 score=_time(lambda: f(x), repeats),
+                 one_vjp=_time(one_vjp, repeats),
+                 exact=_time(lambda: eng(f, x), repeats),
+                 hutch1=_time(lambda: eng(f, x, p1), repeats),
+                 hutch32=_time(lambda: eng(f, x, p32), repeats))
+        r["exact_old"] = _time(lambda: _old_exact(f, x), max(1, repeats - 1)) if D <= 1024 else None
+        r["exact_per_vjp"] = r["exact"] / r["one_vjp"]
+        rows.append(r)
+        log(f"  D={D:5d} exact {r['exact'] * 1e3:8.2f} ms  one vjp {r['one_vjp'] * 1e3:6.3f} ms  "
+            f"hutch32 {r['hutch32'] * 1e3:7.2f} ms  old {r['exact_old'] * 1e3 if r['exact_old'] else float('nan'):8.2f} ms")
+    ds = [r["D"] for r in rows]
+    summary = {
+        "exponent_exact": _fit(ds, [r["exact"] for r in rows]),
+        "exponent_exact_per_vjp": _fit(ds, [r["exact_per_vjp"] for r in rows]),
+        "exponent_one_vjp": _fit(ds, [r["one_vjp"] for r in rows]),
+        "exponent_exact_old": _fit([r["D"] for r in rows if r["exact_old"]], [r["exact_old"] for r in rows if r["exact_old"]]),
+    }
+    # linearity of the per-VJP cost: max / min of exact / (D * one_vjp) over D (1.0 = perfectly linear)
+    per = [r["exact"] / (r["D"] * r["one_vjp"]) for r in rows]
+    summary["linearity_spread"] = max(per) / min(per)
+    cross = [r["D"] for r in rows if r["exact"] >= r["hutch32"]]
+    summary["crossover_D_vs_hutch32"] = cross[0] if cross else None
+    os.makedirs(out, exist_ok=True)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        ax.loglog(ds, [r["exact"] for r in rows], "o-", label=f"exact (chunked torch.func), slope {summary['exponent_exact']:.2f}")
+        old = [(r["D"], r["exact_old"]) for r in rows if r["exact_old"]]
+        ax.loglog([a for a, _ in old], [b for _, b in old], "s--", label=f"exact, one batched pass (main), slope {summary['exponent_exact_old']:.2f}")
+        ax.loglog(ds, [r["D"] * r["one_vjp"] for r in rows], ":", color="k", label="D x one VJP (linear in D per VJP)")
+        ax.loglog(ds, [r["hutch32"] for r in rows], "^-", label="Hutchinson K=32")
+        ax.loglog(ds, [r["hutch1"] for r in rows], "v-", label="Hutchinson K=1")
+        ax.set_xlabel("D (dimensions per sample)")
+        ax.set_ylabel("seconds per evaluation (B=8, 1 thread)")
+        ax.set_title("Divergence cost per evaluation, MLP score D-256-D")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out, "likelihood_divergence_scaling.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        summary["plot"] = os.path.basename(path)
+    except ImportError as e:  # pragma: no cover
+        summary["plot"] = f"skipped: {e}"
+    with open(os.path.join(out, "likelihood_scaling.json"), "w") as fh:
+        json.dump({"rows": rows, "summary": summary}, fh, indent=1)
+    return {"rows": rows, "summary": summary, "skipped": []}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    res = run(quick=a.quick, out=a.out)
+    print(json.dumps(res["summary"], indent=1))
