@@ -49,7 +49,8 @@ class Run:
 
     Device rule: time tensors handed to the score live on ``x_T``'s device and random draws use
     ``generator``, which must be on that device; nothing in the step loop synchronises with
-    the host.
+    the host. ``generator`` may be a :class:`~sdesolve_gen.seeds.SeedStreams` with one stream
+    per row of ``x_T`` (per-sample seeds: row ``i``'s noise comes from its own stream).
 
     Attributes:
         t: list of grid times (floats, decreasing); ``tt`` the same as 0-d float64 tensors on ``x_T``'s device.
