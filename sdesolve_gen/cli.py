@@ -5,6 +5,8 @@ Subcommands (``sdesolve-gen <command> --help`` for each)::
     sdesolve-gen demo        [--out demo.png] [--seed 0] [-n 10000] ...
     sdesolve-gen train       --ckpt DIR [--data eight_gaussians|two_moons|swiss_roll|checkerboard|digits] [--conditional] [--steps N] [--resume]
     sdesolve-gen sample      DIR [--sampler NAME] [-n N] [--steps N] [--seed S] [--class K [--cfg W]] [--out samples.pt|.png]
+    sdesolve-gen sample      DIR --seeds 0-49999 --out OUTDIR [--batch N] [--png]   (sharded; torchrun for ranks)
+    sdesolve-gen evaluate    OUTDIR
     sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S] [--progress]
     sdesolve-gen bench       [--quick] [--out DIR] [--only SECTION ...]
 
@@ -355,7 +357,74 @@ def _run_sampler(name: str, sde: Any, score: Any, x_T: Any, steps: int, g: Any, 
     return spec(sde, score, x_T, spec.timesteps(sde, steps), **kwargs)
 
 
+def _init_dist_from_env() -> bool:
+    """Under torchrun (``WORLD_SIZE`` set): initialise torch.distributed (gloo; nccl on CUDA). True if this call did."""
+    import torch
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ or not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo")
+    return True
+
+
+def _cmd_sample_seeds(args: argparse.Namespace) -> int:
+    """``sample --seeds A-B --out DIR``: sharded, restartable generation (see :func:`sdesolve_gen.generate.generate`)."""
+    import hashlib
+
+    from .generate import OutputDirError, generate
+
+    if args.n is not None:
+        raise CLIError("argument -n/--n-samples: not allowed with --seeds (the seeds say how many samples)")
+    if args.out.endswith(".pt") or args.out.lower().endswith(".png"):
+        raise CLIError(f"argument --out: with --seeds it is an output directory, got {args.out!r}")
+    try:
+        from .generate import parse_seeds
+
+        parse_seeds(args.seeds)
+    except ValueError as err:
+        raise CLIError(f"argument --seeds: {err}") from None
+    m = _load_model(args.checkpoint, args.weights)
+    sde, model = m["sde"], m["model"]
+    if args.label is not None:
+        if not m["cfg"].get("conditional"):
+            raise CLIError("argument --class: the checkpoint is not class-conditional (train it with --conditional)")
+        if not 0 <= args.label < _N_DIGIT_CLASSES:
+            raise CLIError(f"argument --class: must lie in [0, {_N_DIGIT_CLASSES - 1}], got {args.label}")
+        from .guidance import label_guidance
+
+        model = label_guidance(model, args.label, args.cfg, null_label=_N_DIGIT_CLASSES, num_classes=_N_DIGIT_CLASSES)
+    elif args.cfg != 0.0:
+        raise CLIError("argument --cfg: needs --class")
+    path = args.checkpoint if os.path.isfile(args.checkpoint) else os.path.join(args.checkpoint, _require("train").CHECKPOINT_NAME)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    info = {"checkpoint_sha256": digest, "config": m["cfg"], "step": m["step"], "weights": args.weights,
+            "class": args.label, "cfg_scale": args.cfg}
+    spec_kwargs = {"rtol": 1e-5, "atol": 1e-5} if args.sampler == "ode" else {}
+    started = _init_dist_from_env()
+    try:
+        res = generate(sde, model, args.sampler, args.seeds, args.out, batch_size=args.batch or 256, shape=m["shape"],
+                       steps=args.steps, sampler_kwargs=spec_kwargs, model_info=info, png=args.png)
+    except OutputDirError as err:
+        raise CLIError(f"argument --out: {err}") from None
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if res.rank == 0:
+        print(f"wrote {res.n_batches} batches to {args.out} (rank 0 of {res.world_size}: {len(res.written)} generated, "
+              f"{len(res.skipped)} already on disk, {res.samples_per_s:.1f} samples/s)")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        return _cmd_sample_seeds(args)
+    if args.batch is not None or args.png:
+        raise CLIError("argument --batch/--png: only with --seeds (sharded generation into a directory)")
+    args.n = 1000 if args.n is None else args.n
     out = args.out
     if not (out.endswith(".pt") or out.lower().endswith(".png")):
         raise CLIError(f"argument --out: expected a .pt or .png path, got {out!r}")
@@ -410,6 +479,61 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             image_grid(x[:100], out, value_range=(-1.0, 1.0))
     print(f"wrote {out}")
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate OUTDIR``: gathered sample-quality summary of a ``sample --seeds`` directory."""
+    import torch
+
+    from .generate import MANIFEST, _read_manifest, evaluate
+
+    try:
+        man = _read_manifest(__import__("pathlib").Path(args.dir))
+    except (FileNotFoundError, ValueError) as err:
+        raise CLIError(f"argument dir: {err}") from None
+    cfg = (man.get("model") or {}).get("config")
+    if not isinstance(cfg, dict) or "data" not in cfg:
+        raise CLIError(f"argument dir: its {MANIFEST} names no checkpoint config (not written by `sample --seeds`?)")
+    cfg = _check_config(cfg, f"argument dir: {MANIFEST} config")
+    started = _init_dist_from_env()
+    try:
+        if cfg["data"] == "digits":
+            clf = _digit_classifier()
+            res = evaluate(args.dir, label_fn=lambda x: torch.from_numpy(clf.predict(x.flatten(1).numpy())),
+                           n_labels=_N_DIGIT_CLASSES)
+        else:
+            target = _require("data").TOY_DATASETS[cfg["data"]]()
+            res = evaluate(args.dir, score=target.log_prob)
+            g = torch.Generator().manual_seed(0)
+            ref = float(target.log_prob(target.sample(100_000, generator=g, dtype=torch.float64)).mean())
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if "RANK" in os.environ and os.environ["RANK"] != "0":
+        return 0
+    print(f"{args.dir}: {res.n} samples ({man['sampler']}, {len(man['grid']) - 1} steps, {cfg['data']})"
+          + (f", {res.missing} batches MISSING" if res.missing else ""))
+    if res.histogram is not None:
+        total = max(sum(res.histogram), 1)
+        print("class histogram (logistic-regression classifier trained on the digits training split): "
+              + " ".join(f"{k}:{c / total:.3f}" for k, c in enumerate(res.histogram)))
+    else:
+        print(f"mean exact log p_data(samples) {res.mean:.4f} +- {res.stderr:.4f} vs E_data[log p_data] {ref:.4f}"
+              + (f"; {res.n_nonfinite} non-finite" if res.n_nonfinite else ""))
+    return 0 if res.missing == 0 else 1
+
+
+def _digit_classifier() -> Any:
+    """Multinomial logistic regression on the training split of the 8x8 digits (values in [-1, 1])."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as err:  # pragma: no cover - sklearn ships with the digits data
+        raise ImportError(f"the digits class histogram needs scikit-learn: {err}") from None
+    x, y = _require("data").load_digits(data_range=(-1.0, 1.0), return_labels=True)
+    x, y = x[:-_DIGITS_HOLDOUT].flatten(1).numpy(), y[:-_DIGITS_HOLDOUT].numpy()
+    return LogisticRegression(max_iter=2000).fit(x, y)
 
 
 def _cmd_likelihood(args: argparse.Namespace) -> int:
@@ -510,13 +634,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint directory (or file inside it) written by `sdesolve-gen train`")
     s.add_argument("--sampler", default="euler_maruyama", choices=list(SAMPLERS), metavar="NAME",
                    help="one of: " + ", ".join(SAMPLERS) + " (default: euler_maruyama; see docs' sampler table)")
-    s.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=1000, help="number of samples (default: 1000)")
+    s.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=None, help="number of samples (default: 1000)")
+    s.add_argument("--seeds", default=None, metavar="A-B[,C-D]",
+                   help="sharded generation: one sample per seed (e.g. 0-49999), written to the directory --out in "
+                   "batches; restartable; split over torchrun ranks")
+    s.add_argument("--batch", type=_positive_int, default=None, help="with --seeds: samples per batch file (default: 256)")
+    s.add_argument("--png", action="store_true", help="with --seeds: also write a PNG per batch")
     s.add_argument("--steps", type=_positive_int, default=500, help="grid steps (default: 500; ignored by ode/adaptive_sde)")
     s.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
     s.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     s.add_argument("--weights", default="ema", choices=("ema", "raw"),
                    help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
-    s.add_argument("--out", default="samples.pt", help="output: .pt (tensor) or .png (figure) (default: samples.pt)")
+    s.add_argument("--out", default="samples.pt", help="output: .pt (tensor) or .png (figure) (default: samples.pt); "
+                   "with --seeds an output directory")
     s.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     s.add_argument("--class", dest="label", type=_int, default=None, metavar="K",
                    help="conditional checkpoints: sample class K (default: unconditional, the null label)")
@@ -539,6 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="EMA weights (default) or the raw last weights (EMA lags by ~1/(1-decay) steps)")
     lk.add_argument("--progress", action="store_true", help="show a tqdm bar per accepted solver step")
     lk.set_defaults(func=_cmd_likelihood)
+
+    ev = sub.add_parser("evaluate", help="sample-quality summary of a `sample --seeds` directory",
+                        description="Score every sample of a directory written by `sample --seeds` (sharded over "
+                        "torchrun ranks and gathered): toy data by its exact log-density, digits by a class histogram.")
+    ev.add_argument("dir", help="output directory of `sdesolve-gen sample --seeds`")
+    ev.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
+    ev.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)",
                        description="Run the benchmarks package of the source checkout and write its report.")

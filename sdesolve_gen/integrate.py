@@ -31,6 +31,8 @@ import torchsde
 from . import _torchsde_contract as _contract
 from ._checks import as_float64, check_batch, check_positive
 from .sde import LinearSDE
+from .seeds import SeedStreams
+from .seeds import randn as _randn
 from .solution import Solution
 
 Tensor = torch.Tensor
@@ -139,7 +141,8 @@ class GridBrownian(torchsde.BaseBrownian):
         shape: ``(B, m)`` shape of one increment.
         dtype, device: of the increments.
         generator: ``torch.Generator`` on ``device`` (default: a fresh one seeded from torch's
-            global RNG, so ``torch.manual_seed`` makes it reproducible).
+            global RNG, so ``torch.manual_seed`` makes it reproducible), or a
+            :class:`~sdesolve_gen.seeds.SeedStreams` with one stream per row (per-sample paths).
     """
 
     __slots__ = ("_grid", "_index", "_shape", "_dtype", "_device", "_gen", "_sqrt_h", "_drawn", "_last")
@@ -171,7 +174,7 @@ class GridBrownian(torchsde.BaseBrownian):
 
     def _increment(self, j: int) -> Tensor:
         while self._drawn <= j:
-            z = torch.randn(self._shape, generator=self._gen, dtype=self._dtype, device=self._device)
+            z = _randn(self._shape, self._gen, dtype=self._dtype, device=self._device)
             self._last = {self._drawn: z * self._sqrt_h[self._drawn]}
             self._drawn += 1
         if j not in self._last:
@@ -234,6 +237,9 @@ def _check_grid(name: str, ts: Any) -> Tensor:
 def _seed_from(generator: Optional[torch.Generator], seed: Optional[int]) -> Tuple[torch.Generator, int]:
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
+    if isinstance(generator, SeedStreams):
+        raise ValueError("generator=SeedStreams (per-sample paths) needs a fixed-step solve (adaptive=False) "
+                         f"with an increment-only method ({', '.join(sorted(_INCREMENT_ONLY))})")
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -342,6 +348,8 @@ def sdeint(
         adaptive: use torchsde's adaptive stepping (``rtol``, ``atol``; torchsde's
             ``BrownianInterval``).
         generator, seed: randomness of the Brownian path (one of them; same value, same path).
+            ``generator`` may be a :class:`~sdesolve_gen.seeds.SeedStreams` (one stream per sample:
+            each row's path depends on its seed alone; fixed steps, increment-only methods).
         bm: a torchsde Brownian object of shape ``(B, D)`` over the solver-time span, instead.
         save: which output times to keep in ``ys``: ``"all"`` (default), ``"final"``, or a
             sequence of indices into ``ts``; the others are never stored.
@@ -438,7 +446,7 @@ def _raise_if_nonfinite(obj: Any) -> None:
 def _sdeint_fixed(sde, y0, grid, out_idx, method, generator, seed, bm, progress, options, callback, to_physical, shape):
     if bm is None:
         if method in _INCREMENT_ONLY:
-            gen, _ = _seed_from(generator, seed)
+            gen = generator if isinstance(generator, SeedStreams) else _seed_from(generator, seed)[0]
             bm = GridBrownian(grid, tuple(y0.shape), dtype=y0.dtype, device=y0.device, generator=gen)
         else:
             _, s = _seed_from(generator, seed)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import torch
 
 from ._checks import TimeLike, as_float64, as_time64, check_batch, check_positive
+from .seeds import randn as _randn
 
 Tensor = torch.Tensor
 
@@ -296,7 +297,7 @@ class LinearSDE:
 
         Args:
             shape: ``(B, *data_shape)``.
-            generator: optional ``torch.Generator`` for reproducibility.
+            generator: optional ``torch.Generator`` (or :class:`~sdesolve_gen.seeds.SeedStreams`) for reproducibility.
             dtype, device: of the result.
         """
         if not isinstance(shape, (tuple, list, torch.Size)) or not all(
@@ -305,7 +306,7 @@ class LinearSDE:
             raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
         if len(shape) < 2 or any(s <= 0 for s in shape):
             raise ValueError(f"shape must be (batch, *data_shape) with positive sizes, got {tuple(shape)}")
-        z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        z = _randn(tuple(shape), generator, dtype=dtype, device=device)  # torch.Generator or SeedStreams
         return self.prior_std * z
 
     def prior_log_prob(self, x: Tensor) -> Tensor:

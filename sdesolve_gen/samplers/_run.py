@@ -21,6 +21,7 @@ import torch
 from .._checks import as_float64, check_batch
 from ..reverse import ScoreFn, _ScoreCaller
 from ..sde import LinearSDE
+from ..seeds import SeedStreams, randn
 from ..solution import Solution
 
 Tensor = torch.Tensor
@@ -48,7 +49,8 @@ class Run:
 
     Device rule: time tensors handed to the score live on ``x_T``'s device and random draws use
     ``generator``, which must be on that device; nothing in the step loop synchronises with
-    the host.
+    the host. ``generator`` may be a :class:`~sdesolve_gen.seeds.SeedStreams` with one stream
+    per row of ``x_T`` (per-sample seeds: row ``i``'s noise comes from its own stream).
 
     Attributes:
         t: list of grid times (floats, decreasing); ``tt`` the same as 0-d float64 tensors on ``x_T``'s device.
@@ -62,7 +64,7 @@ class Run:
         score_fn: Any,
         x_T: Any,
         ts: Any,
-        generator: Optional[torch.Generator],
+        generator: Optional[Any],
         *,
         model_kwargs: Optional[Mapping[str, Any]] = None,
         callback: Optional[Callback] = None,
@@ -72,9 +74,13 @@ class Run:
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
         self.x_T = check_batch("x_T", x_T)
+        if isinstance(generator, SeedStreams):  # per-sample streams: one per row of x_T
+            if len(generator) != self.x_T.shape[0]:
+                raise ValueError(f"generator holds {len(generator)} per-sample streams but x_T has batch size "
+                                 f"{self.x_T.shape[0]}")
         if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            if not isinstance(generator, (torch.Generator, SeedStreams)):
+                raise TypeError(f"generator must be a torch.Generator or SeedStreams, got {type(generator).__name__}")
             if torch.device(generator.device).type != self.x_T.device.type:
                 raise ValueError(f"generator is on {generator.device} but x_T is on {self.x_T.device}: "
                                  "random draws follow x_T's device, pass a generator on that device")
@@ -103,7 +109,7 @@ class Run:
 
     def noise(self, x: Tensor) -> Tensor:
         """A standard normal draw of ``x``'s shape, dtype and device from the run's generator."""
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        return randn(x.shape, self.generator, dtype=x.dtype, device=x.device)
 
     def steps(self, progress: bool) -> Iterable[int]:
         """Step indices ``0 .. len(ts) - 2``, with a tqdm bar if ``progress``."""
