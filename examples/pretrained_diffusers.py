@@ -1,4 +1,8 @@
-"""Sample a diffusers UNet with three of our samplers and report bits/dim with our likelihood.
+"""
+Sampling a (pretrained) diffusers UNet
+======================================
+
+Sample a diffusers UNet with three of our samplers and report bits/dim with our likelihood.
 
 By default the model is a tiny, randomly initialised ``diffusers.UNet2DModel`` built from a config
 (1x8x8 images, DDPM's linear schedule): nothing is downloaded, and with random weights the
@@ -6,7 +10,7 @@ samples are noise and the bits/dim are meaningless (the script says so). With ``
 loads a local ``from_pretrained`` directory instead: either a pipeline directory (``DIR/unet``
 and ``DIR/scheduler``) or a bare UNet directory (then DDPM's linear schedule and
 ``--prediction-type`` are assumed). The schedule becomes a
-:class:`sdesolve_gen.DiscreteVPSDE`, the UNet a :class:`sdesolve_gen.TimestepModelScore`.
+:class:`sdesolve_gen.DiscreteVPSDE`, the UNet a :class:`sdesolve_gen.TimestepModelScore`. Run::
 
     python examples/pretrained_diffusers.py                  # tiny random UNet, 20 steps
     python examples/pretrained_diffusers.py --model DIR      # a local pretrained model
@@ -70,7 +74,7 @@ def save_grid(rows, path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Sample a diffusers UNet with three of our samplers; bits/dim")
     parser.add_argument("--smoke", action="store_true", help="tiny run (a few seconds)")
     parser.add_argument("--model", default=None, help="local diffusers from_pretrained directory")
     parser.add_argument("--prediction-type", default="epsilon", help="for a bare UNet directory")

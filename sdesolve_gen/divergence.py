@@ -7,7 +7,7 @@ depends on that sample only), the divergence is :math:`\nabla\cdot s = \operator
   ``D`` vector-Jacobian products against the basis vectors in chunks of ``chunk`` vectors, each
   chunk one vectorised backward pass (``torch.func.vjp`` + ``vmap``; ``torch.autograd.grad(...,
   is_grads_batched=True)`` or a per-vector loop as fallbacks). The chunk bounds the working set
-  (``chunk * B * D`` elements, :data:`CHUNK_ELEMENTS` by default), so the cost per evaluation is
+  (``chunk * B * D`` elements, :data:`~sdesolve_gen.divergence.CHUNK_ELEMENTS` by default), so the cost per evaluation is
   ``D`` backward passes with no superlinear overhead: linear in ``D`` times the cost of one
   backward pass (see the D-scaling benchmark). Memory ``O(chunk * B * D)``.
 * **Hutchinson**: :math:`\operatorname{tr} J = \mathbb E[\epsilon^\top J \epsilon]` for probes with
@@ -30,7 +30,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["PROBES", "score_divergence", "draw_probes", "DivergenceEngine", "default_chunk"]
+__all__ = ["PROBES", "score_divergence", "draw_probes", "DivergenceEngine", "default_chunk", "CHUNK_ELEMENTS"]
 
 PROBES = ("rademacher", "gaussian")
 #: working-set bound of one vectorised backward pass of the exact trace (elements of chunk x B x D)

@@ -339,7 +339,7 @@ def log_likelihood(
             sample and per step, the RMS local error of ``x`` is kept below ``atol + rtol|x|`` and
             the local error of the log-density increment below ``atol`` nats (see the module
             docstring); the global error of ``log_prob`` is a sum of such local errors.
-        divergence: ``"auto"`` (default: ``"exact"`` for ``D <=`` :data:`AUTO_EXACT_MAX_DIM`, else
+        divergence: ``"auto"`` (default: ``"exact"`` for ``D <=`` :data:`~sdesolve_gen.likelihood.AUTO_EXACT_MAX_DIM`, else
             ``"hutchinson"``), ``"exact"`` (Jacobian trace, ``D`` backward passes per evaluation)
             or ``"hutchinson"`` (``n_probes`` backward passes per evaluation).
         n_probes: number K of Hutchinson probes (drawn once per solve, held fixed; >= 1).
