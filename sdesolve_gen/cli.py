@@ -385,17 +385,8 @@ def _cmd_sample_seeds(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(f"argument --seeds: {err}") from None
     m = _load_model(args.checkpoint, args.weights)
-    sde, model = m["sde"], m["model"]
-    if args.label is not None:
-        if not m["cfg"].get("conditional"):
-            raise CLIError("argument --class: the checkpoint is not class-conditional (train it with --conditional)")
-        if not 0 <= args.label < _N_DIGIT_CLASSES:
-            raise CLIError(f"argument --class: must lie in [0, {_N_DIGIT_CLASSES - 1}], got {args.label}")
-        from .guidance import label_guidance
-
-        model = label_guidance(model, args.label, args.cfg, null_label=_N_DIGIT_CLASSES, num_classes=_N_DIGIT_CLASSES)
-    elif args.cfg != 0.0:
-        raise CLIError("argument --cfg: needs --class")
+    sde = m["sde"]
+    model, _ = _guided(args, m)
     path = args.checkpoint if os.path.isfile(args.checkpoint) else os.path.join(args.checkpoint, _require("train").CHECKPOINT_NAME)
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -419,6 +410,23 @@ def _cmd_sample_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guided(args: argparse.Namespace, m: Dict[str, Any]) -> Any:
+    """``(score, description)``: the checkpoint's model, guided to ``--class`` with ``--cfg`` when given."""
+    model = m["model"]
+    if args.label is None:
+        if args.cfg != 0.0:
+            raise CLIError("argument --cfg: needs --class")
+        return model, ""
+    if not m["cfg"].get("conditional"):
+        raise CLIError("argument --class: the checkpoint is not class-conditional (train it with --conditional)")
+    if not 0 <= args.label < _N_DIGIT_CLASSES:
+        raise CLIError(f"argument --class: must lie in [0, {_N_DIGIT_CLASSES - 1}], got {args.label}")
+    from .guidance import label_guidance
+
+    guided = label_guidance(model, args.label, args.cfg, null_label=_N_DIGIT_CLASSES, num_classes=_N_DIGIT_CLASSES)
+    return guided, f", class {args.label}, cfg {args.cfg:g}"
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         return _cmd_sample_seeds(args)
@@ -436,18 +444,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise CLIError(f"argument --cfg: must be a finite number, got {args.cfg!r}")
     m = _load_model(args.checkpoint, args.weights)
     sde, model = m["sde"], m["model"]
-    what = ""
-    if args.label is not None:
-        if not m["cfg"].get("conditional"):
-            raise CLIError("argument --class: the checkpoint is not class-conditional (train it with --conditional)")
-        if not 0 <= args.label < _N_DIGIT_CLASSES:
-            raise CLIError(f"argument --class: must lie in [0, {_N_DIGIT_CLASSES - 1}], got {args.label}")
-        from .guidance import label_guidance
-
-        model = label_guidance(model, args.label, args.cfg, null_label=_N_DIGIT_CLASSES, num_classes=_N_DIGIT_CLASSES)
-        what = f", class {args.label}, cfg {args.cfg:g}"
-    elif args.cfg != 0.0:
-        raise CLIError("argument --cfg: needs --class")
+    model, what = _guided(args, m)
     g = torch.Generator().manual_seed(args.seed)
     x_T = sde.prior_sample((args.n, *m["shape"]), generator=g, dtype=torch.float32)
     info = _run_sampler(args.sampler, sde, model, x_T, args.steps, g, args.progress)

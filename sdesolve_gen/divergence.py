@@ -117,6 +117,20 @@ class DivergenceEngine:
     def _step(self, B: int, D: int) -> int:
         return default_chunk(B, D) if self.chunk is None else max(1, int(self.chunk))
 
+    def _basis_trace(self, rows: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        r"""Exact :math:`\mathrm{tr}\,J` ``(B, 1)`` from ``rows(basis)``: the vector-Jacobian products
+        ``(n, B, D)`` of ``n`` unit vectors ``basis`` ``(n, B, D)``, taken ``_step`` vectors at a time."""
+        B, D = x.shape
+        step = self._step(B, D)
+        eye = torch.eye(D, dtype=x.dtype, device=x.device)
+        div = torch.zeros(B, dtype=x.dtype, device=x.device)
+        for i0 in range(0, D, step):
+            n = min(step, D - i0)
+            g = rows(eye[i0 : i0 + n, None, :].expand(-1, B, D))  # row i0 + k of J per sample
+            idx = torch.arange(n, device=x.device)
+            div = div + g[idx, :, i0 + idx].sum(0)
+        return div[:, None]
+
     def _func(self, score, x, probes):
         from torch.func import vjp, vmap
 
@@ -130,16 +144,7 @@ class DivergenceEngine:
                     g = vmap(pull)(probes)[0]
                 div = (g * probes).sum(-1).transpose(0, 1)
             else:
-                step = self._step(B, D)
-                eye = torch.eye(D, dtype=x.dtype, device=x.device)
-                div = torch.zeros(B, dtype=x.dtype, device=x.device)
-                for i0 in range(0, D, step):
-                    n = min(step, D - i0)
-                    basis = eye[i0 : i0 + n, None, :].expand(-1, B, D)
-                    g = vmap(pull)(basis)[0] if n > 1 else pull(basis[0])[0][None]
-                    idx = torch.arange(n, device=x.device)
-                    div = div + g[idx, :, i0 + idx].sum(0)
-                div = div[:, None]
+                div = self._basis_trace(lambda basis: vmap(pull)(basis)[0] if basis.shape[0] > 1 else pull(basis[0])[0][None], x)
         return s.detach(), div.detach()
 
     def _autograd(self, score, x, probes):
@@ -157,16 +162,7 @@ class DivergenceEngine:
                 vjp = _vjps_autograd(s, xg, probes)  # (K, B, D)
                 div = (vjp * probes).sum(-1).transpose(0, 1)  # (B, K)
             else:
-                step = self._step(B, D)
-                eye = torch.eye(D, dtype=x.dtype, device=x.device)
-                div = torch.zeros(B, dtype=x.dtype, device=x.device)
-                for i0 in range(0, D, step):
-                    n = min(step, D - i0)
-                    basis = eye[i0 : i0 + n, None, :].expand(-1, B, D)  # (n, B, D)
-                    vjp = _vjps_autograd(s, xg, basis)  # (n, B, D): row i of J per sample
-                    idx = torch.arange(n, device=x.device)
-                    div = div + vjp[idx, :, i0 + idx].sum(0)
-                div = div[:, None]
+                div = self._basis_trace(lambda basis: _vjps_autograd(s, xg, basis), x)
         return s.detach(), div.detach()
 
 

@@ -66,7 +66,7 @@ from ._checks import NonFiniteError, check_batch, check_positive
 from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, DivergenceEngine, draw_probes
 from .integrate import ADAPTIVE_ODE_METHODS, odeint
-from .reverse import pf_velocity
+from .reverse import check_model_kwargs, pf_velocity
 from .sde import LinearSDE
 from .solution import Solution
 
@@ -159,17 +159,6 @@ class LikelihoodBound:
 def _slice_kwargs(kwargs: Dict[str, Any], B: int, sl: slice) -> Dict[str, Any]:
     """Slice every tensor whose first dimension is the batch size (conditioning per sample)."""
     return {k: (v[sl] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v) for k, v in kwargs.items()}
-
-
-def _model_kwargs(model_kwargs: Any) -> Dict[str, Any]:
-    if model_kwargs is None:
-        return {}
-    if not isinstance(model_kwargs, Mapping):
-        raise TypeError(f"model_kwargs must be a mapping of keyword arguments for score_fn, got {type(model_kwargs).__name__}")
-    bad = [k for k in model_kwargs if not isinstance(k, str) or not k.isidentifier()]
-    if bad:
-        raise ValueError(f"model_kwargs keys must be argument names, got {bad!r}")
-    return dict(model_kwargs)
 
 
 def _per_sample_norm(scale: float) -> Callable[[Tuple[Tensor, Tensor]], Tensor]:
@@ -392,7 +381,7 @@ def log_likelihood(
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     if step_size is not None:
         check_positive("step_size", step_size)
-    kwargs = _model_kwargs(model_kwargs)
+    kwargs = check_model_kwargs(model_kwargs)
     if div == "hutchinson":
         if probes is None:
             probes = draw_probes(probe, n_probes, torch.Size((B, D)), generator=generator, dtype=x.dtype, device=x.device)
@@ -649,7 +638,7 @@ def log_likelihood_bound(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     z = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
     x_eps = alpha * x0 + math.sqrt(sigma2) * z
-    mk = _model_kwargs(model_kwargs)
+    mk = check_model_kwargs(model_kwargs)
     res = log_likelihood(sde, score_fn, x_eps, eps=eps_f, generator=generator, model_kwargs=mk, **kwargs)
     D = x0[0].numel()
     with torch.no_grad():
@@ -684,7 +673,7 @@ def _flow(sde, score_fn, x, t_from, t_to, method, rtol, atol, step_size, model_k
     ts = torch.tensor([t_from, t_to], dtype=torch.float64, device=x.device)
     lo, hi = min(t_from, t_to), max(t_from, t_to)
     opts = _solver_options(method, ts, step_size)
-    func = _Flow(sde, score_fn, lo, hi, _model_kwargs(model_kwargs))
+    func = _Flow(sde, score_fn, lo, hi, check_model_kwargs(model_kwargs))
     with torch.no_grad():
         return odeint(func, x, ts, method=method, rtol=rtol, atol=atol, options=opts, save="final", progress=progress).x
 
