@@ -29,7 +29,7 @@ import torchdiffeq
 import torchsde
 
 from . import _torchsde_contract as _contract
-from ._checks import as_float64, check_batch, check_positive
+from ._checks import as_float64, check_batch, check_bool, check_generator, check_positive
 from .sde import LinearSDE
 from .seeds import SeedStreams
 from .seeds import randn as _randn
@@ -98,6 +98,8 @@ def timesteps(
         raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1 (number of steps), got {n!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     eps = sde.eps if eps is None else check_positive("eps", eps)
     if eps >= sde.T:
         raise ValueError(f"eps must be smaller than T={sde.T}, got eps={eps}")
@@ -319,8 +321,8 @@ def sdeint(
     method: str = "euler",
     dt: Optional[float] = None,
     adaptive: bool = False,
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     bm: Optional[torchsde.BaseBrownian] = None,
@@ -345,7 +347,8 @@ def sdeint(
             otherwise each interval is split into ``ceil(interval / dt)`` equal steps, so every
             output time is hit exactly. For ``adaptive=True`` it is the initial step
             (default: the first interval / 10).
-        adaptive: use torchsde's adaptive stepping (``rtol``, ``atol``; torchsde's
+        adaptive: use torchsde's adaptive stepping (``rtol``, ``atol``, default 1e-3 each and only
+            with ``adaptive=True``: a fixed-step solve refuses them rather than ignore them; torchsde's
             ``BrownianInterval``).
         generator, seed: randomness of the Brownian path (one of them; same value, same path).
             ``generator`` may be a :class:`~sdesolve_gen.seeds.SeedStreams` (one stream per sample:
@@ -373,6 +376,13 @@ def sdeint(
         raise ValueError(f"method must be one of {sorted(_SDE_METHODS)}, got {method!r}")
     if dt is not None:
         dt = check_positive("dt", dt)
+    check_bool("adaptive", adaptive)
+    if not adaptive and (rtol is not None or atol is not None):
+        raise ValueError("rtol/atol only apply with adaptive=True; a fixed-step solve would ignore them")
+    rtol = 1e-3 if rtol is None else rtol
+    atol = 1e-3 if atol is None else atol
+    if isinstance(generator, torch.Generator):
+        check_generator(generator, x0.device, "x0")
     if adaptive:
         check_positive("rtol", rtol)
         check_positive("atol", atol)
@@ -557,8 +567,8 @@ def _check_state(x0: Any) -> Any:
     if isinstance(x0, tuple):
         if not x0:
             raise ValueError("x0 must be a tensor or a non-empty tuple of tensors")
-        for k, v in enumerate(x0):
-            check_batch(f"x0[{k}]", v, min_dim=1)
+        for k, v in enumerate(x0):  # the first component is the state; others (log-dets...) may be empty
+            check_batch(f"x0[{k}]", v, min_dim=1, allow_empty=k > 0)
         return x0
     return check_batch("x0", x0, min_dim=1)
 
@@ -616,6 +626,11 @@ def odeint(
     d = ts[1:] - ts[:-1]
     if not (bool((d > 0).all()) or bool((d < 0).all())):
         raise ValueError("ts must be strictly monotone (increasing or decreasing)")
+    sde = getattr(func, "sde", None)
+    if isinstance(sde, LinearSDE):  # e.g. a ProbabilityFlowODE: its field is defined on [0, T] only
+        lo, hi = float(ts.min()), float(ts.max())
+        if lo < 0.0 or hi > sde.T * (1.0 + 1e-12):
+            raise ValueError(f"ts must lie in [0, T] = [0, {sde.T}] for func's SDE, got [{lo}, {hi}]")
     if not isinstance(method, str) or not method:
         raise TypeError(f"method must be the name of a torchdiffeq method, got {method!r}")
     keep = _save_indices(save, ts.numel())
