@@ -164,11 +164,15 @@ def check_optional_positive(name: str, value: object) -> Optional[float]:
 
 
 def host_values(x: Union[float, torch.Tensor]) -> Optional[torch.Tensor]:
-    """``x`` as a float64 host tensor when reading it costs no device synchronisation
+    """(Anything that is neither a tensor nor a real number gives ``None``.)
+
+    ``x`` as a float64 host tensor when reading it costs no device synchronisation
     (a number or a CPU tensor); ``None`` for tensors on an accelerator or the meta device,
     whose values the hot paths do not read (the samplers validated their grid up front)."""
     if isinstance(x, torch.Tensor):
         return x.detach().to(torch.float64) if x.device.type == "cpu" else None
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
     return torch.tensor(float(x), dtype=torch.float64)
 
 
@@ -180,7 +184,18 @@ def check_coefficient(name: str, c: Union[float, torch.Tensor], what: str = "> 0
     v = host_values(c)
     if v is not None and v.numel() > 0 and not bool((torch.isfinite(v) & (v > 0)).all()):
         bad = v[~(torch.isfinite(v) & (v > 0))][0].item()
-        raise ValueError(f"{name} must be finite and {what}, got {bad} (at t = 0 a VP-type sigma(t) is 0: use t >= eps)")
+        hint = " (at t = 0 a VP-type sigma(t) is 0: use t >= eps)" if bad == 0 else ""
+        raise ValueError(f"{name} must be finite and {what}, got {bad}{hint}")
+
+
+def check_model_time(sde: object, t: object, batch: int) -> None:
+    """A score model's time argument: in ``[0, T]`` and of shape ``()``/``(1,)``/``(batch,)``.
+
+    Checked only where it costs no device synchronisation (a number or a CPU tensor, see
+    :func:`host_values`); the samplers validate their whole grid before the first step.
+    """
+    if isinstance(t, bool) or host_values(t) is not None:  # type: ignore[arg-type]
+        sde.time(t, batch=batch)  # type: ignore[attr-defined]
 
 
 def check_same_shape(name: str, value: torch.Tensor, expected: Tuple[int, ...], producer: str) -> torch.Tensor:
@@ -301,3 +316,10 @@ def check_time_tensor(name: str, t: object, batch: int) -> torch.Tensor:
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch)):
         raise ValueError(f"{name} must have shape (), (1,) or ({batch},) to match the batch, got {tuple(t.shape)}")
     return t.reshape(-1).expand(batch) if t.dim() == 1 else t.expand(batch)
+
+
+def check_exact_shapes(name_a: str, a: object, name_b: str, b: object) -> None:
+    """Raise unless ``a`` and ``b`` are floating tensors of exactly the same non-empty shape."""
+    ta, tb = check_batch(name_a, a, min_dim=1), check_batch(name_b, b, min_dim=1)
+    if ta.shape != tb.shape:
+        raise ValueError(f"{name_a} has shape {tuple(ta.shape)} but {name_b} has shape {tuple(tb.shape)}; they must match exactly")

@@ -29,7 +29,7 @@ import torchdiffeq
 import torchsde
 
 from . import _torchsde_contract as _contract
-from ._checks import as_float64, check_batch, check_bool, check_generator, check_positive
+from ._checks import as_float64, check_batch, check_bool, check_generator, check_positive, host_values
 from .sde import LinearSDE
 from .seeds import SeedStreams
 from .seeds import randn as _randn
@@ -54,7 +54,15 @@ def t_of_lambda(sde: LinearSDE, lam: Tensor) -> Tensor:
     Delegates to :meth:`~sdesolve_gen.sde.LinearSDE.t_of_lambda`: closed forms for VP, sub-VP,
     VE, cosine and EDM, vectorised bisection for custom schedules.
     """
-    return sde.t_of_lambda(as_float64(lam))
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
+    if not isinstance(lam, (torch.Tensor, int, float, list, tuple)) or isinstance(lam, bool):
+        raise TypeError(f"lam must be a tensor or number(s) of half-log-SNR values, got {type(lam).__name__}")
+    lam64 = as_float64(lam)
+    v = host_values(lam64)
+    if v is not None and not bool((~torch.isnan(v)).all()):
+        raise ValueError("lam must not hold NaN (a half-log-SNR is a real number or +-inf)")
+    return sde.t_of_lambda(lam64)
 
 
 def timesteps(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Union
 import torch
 from torch import nn
 
-from ._checks import TimeLike, as_time64, check_batch, check_coefficient, check_tensor, host_values
+from ._checks import TimeLike, as_time64, check_batch, check_coefficient, check_model_time, check_tensor
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -143,8 +143,7 @@ class ScoreModel(nn.Module):
         """Score :math:`s_\\theta(x, t)`, shape of ``x``; ``t`` a float, 0-d or ``(B,)`` tensor;
         ``kwargs`` (e.g. labels ``y``) are passed on to ``net``."""
         x = check_batch("x", x, min_dim=1)
-        if host_values(t) is not None:  # range and batch check where it costs no device synchronisation
-            self.sde.time(t, batch=x.shape[0])
+        check_model_time(self.sde, t, x.shape[0])
         tt = as_time64(t).to(x.device)
         if tt.dim() == 0:
             tt = tt.expand(x.shape[0])

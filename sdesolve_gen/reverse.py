@@ -348,4 +348,6 @@ def pf_velocity(sde: LinearSDE, x: Tensor, score: Tensor, t: Tensor) -> Tensor:
     Returns:
         :math:`v`, shape of ``x``.
     """
+    if score.shape != x.shape:  # (a shape comparison: no device synchronisation)
+        raise ValueError(f"score has shape {tuple(score.shape)} but x has shape {tuple(x.shape)}; they must match exactly")
     return sde.drift(x, t) - 0.5 * expand_to(sde.diffusion2(t), x) * score

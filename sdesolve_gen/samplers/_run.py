@@ -13,6 +13,7 @@ whose ``x`` holds the samples ``(B, *shape)``. A step goes from :math:`t = t_i` 
 
 from __future__ import annotations
 
+import math
 import time as _time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
@@ -164,6 +165,8 @@ def check_ts(ts: Any, sde: LinearSDE) -> Tensor:
 
 def tweedie_x0(x: Tensor, score: Tensor, alpha: float, sigma: float) -> Tensor:
     r"""Tweedie's posterior mean :math:`\mathbb E[x_0 \mid x_t] = (x + \sigma^2 s)/\alpha`."""
+    if isinstance(alpha, (int, float)) and not (alpha > 0 and math.isfinite(alpha)):  # (numbers only: no device sync)
+        raise ValueError(f"alpha must be a finite number > 0 (Tweedie divides by it), got {alpha}")
     return (x + sigma * sigma * score) / alpha
 
 
