@@ -1,6 +1,22 @@
-"""Small argument checks shared by the public API.
+"""The argument checks of the public API (the one owner of what a valid argument is).
 
-Every check raises ``ValueError`` or ``TypeError`` naming the offending argument, never ``assert``.
+Every check raises ``ValueError`` or ``TypeError`` naming the offending argument and what was
+expected, before any work, never ``assert``:
+
+* numbers: :func:`check_int` (bools refused, numpy integers accepted), :func:`check_positive`,
+  :func:`check_range` (probabilities, open/closed intervals), :func:`check_bool`;
+* tensors: :func:`check_tensor`, :func:`check_batch` (``(B, *shape)``, empty batches refused),
+  :func:`check_finite`, :func:`check_exact_shapes`, :func:`check_same_shape` (outputs of user
+  callables must have exactly the expected shape: no silent broadcasting),
+  :func:`check_time_tensor` (a network's time input);
+* times and coefficients: :func:`check_model_time` (``t`` in ``[0, T]``), :func:`check_coefficient`
+  (``sigma(t) > 0`` where the maths divides by it);
+* devices: :func:`check_generator` (a generator on the data's device);
+* options: :func:`check_probe_options` (Hutchinson options with the exact divergence),
+  :func:`check_in_data_range` (bits/dim of data outside the declared range), :func:`checked_prior`.
+
+Checks in hot paths read values only where that costs no device synchronisation
+(:func:`host_values`: numbers and CPU tensors); the samplers validate their grid up front.
 """
 
 from __future__ import annotations
@@ -158,11 +174,6 @@ def check_range(
     return v
 
 
-def check_optional_positive(name: str, value: object) -> Optional[float]:
-    """``None`` stays ``None``; anything else must pass :func:`check_positive`."""
-    return None if value is None else check_positive(name, value)  # type: ignore[arg-type]
-
-
 def host_values(x: Union[float, torch.Tensor]) -> Optional[torch.Tensor]:
     """(Anything that is neither a tensor nor a real number gives ``None``.)
 
@@ -209,15 +220,6 @@ def check_same_shape(name: str, value: torch.Tensor, expected: Tuple[int, ...], 
     if tuple(value.shape) != tuple(expected):
         raise ValueError(f"{producer} returned shape {tuple(value.shape)} for {name}, expected exactly {tuple(expected)}"
                          " (no broadcasting)")
-    return value
-
-
-def check_like(name: str, value: torch.Tensor, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
-    """Raise unless ``value`` has the device (``ValueError``) and dtype (``TypeError``) of ``ref``."""
-    if value.device != ref.device:
-        raise ValueError(f"{name} is on device {value.device} but {ref_name} is on {ref.device}")
-    if value.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {value.dtype} but {ref_name} has dtype {ref.dtype}")
     return value
 
 

@@ -385,6 +385,7 @@ def sdeint(
     if dt is not None:
         dt = check_positive("dt", dt)
     check_bool("adaptive", adaptive)
+    check_bool("progress", progress)
     if not adaptive and (rtol is not None or atol is not None):
         raise ValueError("rtol/atol only apply with adaptive=True; a fixed-step solve would ignore them")
     rtol = 1e-3 if rtol is None else rtol
@@ -642,6 +643,8 @@ def odeint(
     if not isinstance(method, str) or not method:
         raise TypeError(f"method must be the name of a torchdiffeq method, got {method!r}")
     keep = _save_indices(save, ts.numel())
+    check_bool("progress", progress)
+    check_bool("record_times", record_times)
     opts = dict(options or {})
     if method in ADAPTIVE_ODE_METHODS:
         check_positive("rtol", rtol)

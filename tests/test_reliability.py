@@ -224,6 +224,10 @@ CASES += [
     ("bool-sdeint-adaptive-int", lambda: sg.sdeint(_rsde(), _x(), _ts(), adaptive=1), TypeError, "adaptive must be a bool"),
     ("bool-dsm-reduce-string", lambda: sg.dsm_loss(_neg, _vp(), _x(), reduce="no"), TypeError, "reduce must be a bool"),
     ("bool-trainer-importance", lambda: _trainer(weighting="g2", importance_sampling=1), TypeError, "importance_sampling"),
+    ("bool-heun-denoise-string", lambda: sg.heun(_vp(), _neg, _x(), _ts(), denoise="yes"), TypeError, "denoise must be a bool"),
+    ("bool-sampler-progress-int", lambda: sg.euler_maruyama(_vp(), _neg, _x(), _ts(), progress=2), TypeError, "progress must be a bool"),
+    ("bool-sdeint-progress-string", lambda: sg.sdeint(_rsde(), _x(), _ts(), progress="no"), TypeError, "progress must be a bool"),
+    ("bool-odeint-record-times", lambda: sg.odeint(sg.ProbabilityFlowODE(_vp(), _neg), _x(), _ts(), record_times=1), TypeError, "record_times"),
     ("bool-pc-snr", lambda: sg.predictor_corrector(_vp(), _neg, _x(), _ts(), snr=True), TypeError, "snr"),
     # ---- non-finite / negative / zero floats and out-of-range probabilities
     ("float-trainer-grad-clip-negative", lambda: _trainer(grad_clip=-1.0), ValueError, "grad_clip"),
