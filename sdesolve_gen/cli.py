@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     s.add_argument("--class", dest="label", type=_int, default=None, metavar="K",
                    help="conditional checkpoints: sample class K (default: unconditional, the null label)")
-    s.add_argument("--cfg", type=_finite_float, default=0.0, metavar="W",
+    s.add_argument("--cfg", type=float, default=0.0, metavar="W",
                    help="classifier-free guidance scale w with --class: s = (1+w) s(x|K) - w s(x) (default: 0)")
     s.set_defaults(func=_cmd_sample)
 

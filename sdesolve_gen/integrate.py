@@ -29,7 +29,7 @@ import torchdiffeq
 import torchsde
 
 from . import _torchsde_contract as _contract
-from ._checks import as_float64, check_batch, check_bool, check_generator, check_positive, host_values
+from ._checks import as_float64, check_batch, check_bool, check_generator, check_int, check_positive, host_values
 from .sde import LinearSDE
 from .seeds import SeedStreams
 from .seeds import randn as _randn
@@ -172,6 +172,12 @@ class GridBrownian(torchsde.BaseBrownian):
         self._grid = grid.tolist()
         self._index = {t: j for j, t in enumerate(self._grid)}
         self._sqrt_h = [math.sqrt(b - a) for a, b in zip(self._grid[:-1], self._grid[1:])]
+        if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
+            raise TypeError(f"shape must be a tuple of ints (the shape of one increment), got {shape!r}")
+        for k, s in enumerate(shape):
+            check_int(f"shape[{k}]", s, 1)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         self._shape = tuple(shape)
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else torch.device("cpu")

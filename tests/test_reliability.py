@@ -339,10 +339,11 @@ CASES += [
     ("t-of-lambda-nan", lambda: sg.integrate.t_of_lambda(_vp(), torch.tensor([float("nan")])), ValueError, "lam must not hold NaN"),
     ("t-of-lambda-not-sde", lambda: sg.integrate.t_of_lambda(None, torch.zeros(1)), TypeError, "sde must be a LinearSDE"),
     ("t-of-lambda-string", lambda: sg.integrate.t_of_lambda(_vp(), "0.5"), TypeError, "lam must be"),
+    ("grid-brownian-negative-shape", lambda: sg.GridBrownian(torch.tensor([0.0, 1.0], dtype=F64), (-1, 2)), ValueError, r"shape\[0\]"),
+    ("grid-brownian-int-dtype", lambda: sg.GridBrownian(torch.tensor([0.0, 1.0], dtype=F64), (2, 2), dtype=torch.int64), TypeError, "dtype"),
     ("checkpoint-temp-path-int", lambda: sg.checkpoints.temp_path(3), TypeError, "path must be"),
     # ---- command line misuse: exit code 2, no traceback
     ("cli-probes-with-exact", lambda: _cli("likelihood", "/nonexistent", "--probes", "4"), SystemExit, "2"),
-    ("cli-cfg-nan", lambda: _cli("sample", "--checkpoint", "/nonexistent", "--cfg", "nan"), SystemExit, "2"),
     ("cli-ema-decay-inf", lambda: _cli("train", "--ema-decay", "inf"), SystemExit, "2"),
     ("cli-steps-zero", lambda: _cli("sample", "--checkpoint", "/nonexistent", "--steps", "0"), SystemExit, "2"),
     ("cli-seed-float", lambda: _cli("sample", "--checkpoint", "/nonexistent", "--seed", "1.5"), SystemExit, "2"),
@@ -381,8 +382,8 @@ def test_ignored_option_is_warned(name, call, match):
 CLI_CASES = [
     (("likelihood", "/nonexistent", "--probes", "4"), "--probes"),
     (("likelihood", "/nonexistent", "--divergence", "exact", "--probes", "2"), "--probes"),
-    (("sample", "--checkpoint", "/nonexistent", "--cfg", "nan"), "--cfg"),
-    (("sample", "--checkpoint", "/nonexistent", "--cfg", "inf"), "--cfg"),
+    (("train", "--lr", "0"), "--lr"),
+    (("train", "--batch-size", "0"), "--batch-size"),
     (("train", "--ema-decay", "nan"), "--ema-decay"),
     (("train", "--label-dropout", "inf"), "--label-dropout"),
 ]
