@@ -104,8 +104,7 @@ def timesteps(
     """
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1 (number of steps), got {n!r}")
+    n = check_int("n", n, 1)  # (the number of steps)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     eps = sde.eps if eps is None else check_positive("eps", eps)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
-from ._checks import check_positive, check_range
+from ._checks import check_int, check_positive, check_range
 from .checkpoints import atomic_save, check_writable, clean_stale_temp_files, load_verified
 from .losses import WEIGHTINGS, Weighting, dsm_loss
 from .sde import LinearSDE
@@ -178,9 +178,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 
 
 def _check_int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return v
+    return check_int(name, v, lo)  # (TypeError for bools and floats, ValueError below lo)
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -285,8 +283,7 @@ class Trainer:
         params = list(model.parameters())
         if not params:
             raise ValueError("model has no parameters to train")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1)
         for name, v in (("checkpoint_every", checkpoint_every), ("log_every", log_every), ("eval_every", eval_every),
                         ("lr_decay_steps", lr_decay_steps)):
             _check_int(name, v, 0)
