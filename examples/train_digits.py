@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     model = sg.ScoreModel(net, sde, "eps")
     trainer = sg.Trainer(model, sde, DequantizedDigits(train), batch_size=args.batch_size, lr=1e-3,
                          ema_decay=0.999 if not args.smoke else 0.5, seed=args.seed,
-                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=1000, log_every=250,
+                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=1000 if args.checkpoint_dir else 0, log_every=250,
                          progress=args.progress)
     if args.checkpoint_dir and trainer.resume():
         print(f"resumed at step {trainer.step}")

@@ -46,7 +46,8 @@ def main(argv=None) -> None:
     trainer = sg.Trainer(
         model, sde, data, batch_size=args.batch_size, lr=2e-3, lr_decay_steps=args.steps, ema_decay=0.999 if not args.smoke else 0.9,
         weighting=args.weighting, importance_sampling=args.weighting == "g2", seed=args.seed,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=2000, log_every=500, progress=args.progress,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=2000 if args.checkpoint_dir else 0, log_every=500,
+        progress=args.progress,
     )
     if args.checkpoint_dir and trainer.resume():
         print(f"resumed at step {trainer.step}")

@@ -97,6 +97,8 @@ def decode(data: bytes, path: PathLike = "<bytes>") -> bytes:
 
 def temp_path(path: PathLike) -> Path:
     """The temporary name ``.<name>.tmp-<pid>`` next to ``path`` used while writing it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 

@@ -65,6 +65,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -538,6 +548,9 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
 
     from .likelihood import log_likelihood
 
+    if args.probes is not None and args.divergence != "hutchinson":
+        raise CLIError("argument --probes: only used with --divergence hutchinson (the exact divergence draws no probes)")
+    args.probes = 1 if args.probes is None else args.probes
     m = _load_model(args.checkpoint, args.weights)
     sde, model = m["sde"], m["model"].double()
     g = torch.Generator().manual_seed(args.seed)
@@ -611,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, default=2000, help="total optimisation steps (default: 2000)")
     t.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (default: 256)")
     t.add_argument("--lr", type=_positive_float, default=2e-3, help="learning rate (default: 2e-3)")
-    t.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the sampling weights (default: 0.999)")
+    t.add_argument("--ema-decay", type=_finite_float, default=0.999, help="EMA decay of the sampling weights (default: 0.999)")
     t.add_argument("--sde", default="vp", choices=("vp", "ve", "subvp"), help="forward SDE (default: vp)")
     t.add_argument("--every", type=_positive_int, default=500, help="checkpoint every N steps (default: 500)")
     t.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
@@ -621,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--conditional", action="store_true",
                    help="class-conditional U-Net on the digit labels (with --data digits); label 10 is the null "
                    "label of classifier-free guidance")
-    t.add_argument("--label-dropout", type=float, default=0.1,
+    t.add_argument("--label-dropout", type=_finite_float, default=0.1,
                    help="with --conditional: probability of training on the null label (default: 0.1)")
     t.add_argument("-v", "--verbose", action="store_true", help="log progress (every log record) to stderr")
     t.set_defaults(func=_cmd_train)
@@ -657,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("checkpoint", help="checkpoint directory (or file inside it) written by `sdesolve-gen train`")
     lk.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=256, help="data points (default: 256)")
     lk.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"), help="divergence (default: exact)")
-    lk.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes (default: 1)")
+    lk.add_argument("--probes", type=_positive_int, default=None,
+                    help="Hutchinson probes (default: 1; only with --divergence hutchinson)")
     lk.add_argument("--rtol", type=_positive_float, default=1e-5, help="ODE rtol (default: 1e-5)")
     lk.add_argument("--atol", type=_positive_float, default=1e-5, help="ODE atol (default: 1e-5)")
     lk.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")

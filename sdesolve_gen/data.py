@@ -16,6 +16,7 @@ from typing import Sequence, Tuple
 
 import torch
 
+from ._checks import check_int, check_positive
 from .analytic import GaussianMixture
 
 Tensor = torch.Tensor
@@ -24,6 +25,7 @@ __all__ = ["eight_gaussians", "two_moons", "swiss_roll", "checkerboard", "TOY_DA
 
 
 def _isotropic(means: Tensor, std: float) -> GaussianMixture:
+    std = check_positive("std", std)
     K, D = means.shape
     covs = (std**2) * torch.eye(D, dtype=torch.float64).expand(K, D, D).clone()
     return GaussianMixture(means, covs)
@@ -31,12 +33,14 @@ def _isotropic(means: Tensor, std: float) -> GaussianMixture:
 
 def eight_gaussians(radius: float = 2.0, std: float = 0.2) -> GaussianMixture:
     """Eight equal Gaussians on a circle of ``radius`` (the classic target, exactly)."""
+    radius = check_positive("radius", radius)
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     return _isotropic(radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1), std)
 
 
 def two_moons(n_per_moon: int = 12, std: float = 0.12) -> GaussianMixture:
     """Two interleaved half circles, each a chain of ``n_per_moon`` small Gaussians (centred)."""
+    check_int("n_per_moon", n_per_moon, 1)
     a = torch.linspace(0, math.pi, n_per_moon, dtype=torch.float64)
     upper = torch.stack([torch.cos(a), torch.sin(a)], 1)
     lower = torch.stack([1 - torch.cos(a), 0.5 - torch.sin(a)], 1)
@@ -46,6 +50,7 @@ def two_moons(n_per_moon: int = 12, std: float = 0.12) -> GaussianMixture:
 
 def swiss_roll(n: int = 24, std: float = 0.15) -> GaussianMixture:
     """A 2-D spiral r = theta (theta in [1.5 pi, 4.5 pi]) of ``n`` small Gaussians, scaled to ~[-2, 2]."""
+    check_int("n", n, 1)
     th = torch.linspace(1.5 * math.pi, 4.5 * math.pi, n, dtype=torch.float64)
     m = torch.stack([th * torch.cos(th), th * torch.sin(th)], 1) / 7.0
     return _isotropic(m, std)
@@ -75,12 +80,14 @@ TOY_DATASETS = {
 def to_range(x: Tensor, data_range: Sequence[float], *, n_levels: int) -> Tensor:
     r"""Map integer levels ``0..n_levels-1`` linearly onto ``[lo, hi]`` (level k -> lo + k (hi-lo)/(n_levels-1))."""
     lo, hi = _range(data_range)
+    check_int("n_levels", n_levels, 2)
     return lo + x.to(torch.get_default_dtype() if not x.is_floating_point() else x.dtype) * ((hi - lo) / (n_levels - 1))
 
 
 def from_range(x: Tensor, data_range: Sequence[float], *, n_levels: int) -> Tensor:
     """Inverse of :func:`to_range`, rounded and clipped to integer levels."""
     lo, hi = _range(data_range)
+    check_int("n_levels", n_levels, 2)
     return torch.round((x - lo) * ((n_levels - 1) / (hi - lo))).clamp(0, n_levels - 1)
 
 
@@ -89,8 +96,8 @@ def _range(data_range: Sequence[float]) -> Tuple[float, float]:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError):
         raise TypeError(f"data_range must be a pair (lo, hi), got {data_range!r}") from None
-    if not hi > lo:
-        raise ValueError(f"data_range must have hi > lo, got {data_range!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"data_range must be finite with hi > lo, got {data_range!r}")
     return lo, hi
 
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Union
 
 import torch
 
-from ._checks import check_label, label_for_batch
+from ._checks import check_label, check_same_shape, label_for_batch
 from .analytic import analytic_classifier, analytic_conditional_score, gaussian_conditional
 from .reverse import ScoreFn
 from .samplers.inpaint import INPAINT_SAMPLERS, inpaint
@@ -157,10 +157,12 @@ def classifier_free_guidance(cond_score_fn: CondScoreFn, uncond_score_fn: ScoreF
     y = check_label(y)
 
     def guided(x: Tensor, t: Any) -> Tensor:
-        s_c = cond_score_fn(x, t, label_for_batch(y, x.shape[0]))
+        s_c = check_same_shape("s(x, t | y)", cond_score_fn(x, t, label_for_batch(y, x.shape[0])), tuple(x.shape),
+                               "cond_score_fn")
         if w == 0.0:
             return s_c
-        return (1.0 + w) * s_c - w * uncond_score_fn(x, t)
+        s_u = check_same_shape("s(x, t)", uncond_score_fn(x, t), tuple(x.shape), "uncond_score_fn")
+        return (1.0 + w) * s_c - w * s_u
 
     return guided
 

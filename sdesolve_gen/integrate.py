@@ -29,7 +29,7 @@ import torchdiffeq
 import torchsde
 
 from . import _torchsde_contract as _contract
-from ._checks import as_float64, check_batch, check_positive
+from ._checks import as_float64, check_batch, check_bool, check_generator, check_int, check_positive, host_values
 from .sde import LinearSDE
 from .seeds import SeedStreams
 from .seeds import randn as _randn
@@ -54,7 +54,15 @@ def t_of_lambda(sde: LinearSDE, lam: Tensor) -> Tensor:
     Delegates to :meth:`~sdesolve_gen.sde.LinearSDE.t_of_lambda`: closed forms for VP, sub-VP,
     VE, cosine and EDM, vectorised bisection for custom schedules.
     """
-    return sde.t_of_lambda(as_float64(lam))
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
+    if not isinstance(lam, (torch.Tensor, int, float, list, tuple)) or isinstance(lam, bool):
+        raise TypeError(f"lam must be a tensor or number(s) of half-log-SNR values, got {type(lam).__name__}")
+    lam64 = as_float64(lam)
+    v = host_values(lam64)
+    if v is not None and not bool((~torch.isnan(v)).all()):
+        raise ValueError("lam must not hold NaN (a half-log-SNR is a real number or +-inf)")
+    return sde.t_of_lambda(lam64)
 
 
 def timesteps(
@@ -96,8 +104,9 @@ def timesteps(
     """
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1 (number of steps), got {n!r}")
+    n = check_int("n", n, 1)  # (the number of steps)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     eps = sde.eps if eps is None else check_positive("eps", eps)
     if eps >= sde.T:
         raise ValueError(f"eps must be smaller than T={sde.T}, got eps={eps}")
@@ -162,6 +171,12 @@ class GridBrownian(torchsde.BaseBrownian):
         self._grid = grid.tolist()
         self._index = {t: j for j, t in enumerate(self._grid)}
         self._sqrt_h = [math.sqrt(b - a) for a, b in zip(self._grid[:-1], self._grid[1:])]
+        if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
+            raise TypeError(f"shape must be a tuple of ints (the shape of one increment), got {shape!r}")
+        for k, s in enumerate(shape):
+            check_int(f"shape[{k}]", s, 1)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         self._shape = tuple(shape)
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else torch.device("cpu")
@@ -319,8 +334,8 @@ def sdeint(
     method: str = "euler",
     dt: Optional[float] = None,
     adaptive: bool = False,
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     bm: Optional[torchsde.BaseBrownian] = None,
@@ -345,7 +360,8 @@ def sdeint(
             otherwise each interval is split into ``ceil(interval / dt)`` equal steps, so every
             output time is hit exactly. For ``adaptive=True`` it is the initial step
             (default: the first interval / 10).
-        adaptive: use torchsde's adaptive stepping (``rtol``, ``atol``; torchsde's
+        adaptive: use torchsde's adaptive stepping (``rtol``, ``atol``, default 1e-3 each and only
+            with ``adaptive=True``: a fixed-step solve refuses them rather than ignore them; torchsde's
             ``BrownianInterval``).
         generator, seed: randomness of the Brownian path (one of them; same value, same path).
             ``generator`` may be a :class:`~sdesolve_gen.seeds.SeedStreams` (one stream per sample:
@@ -373,6 +389,14 @@ def sdeint(
         raise ValueError(f"method must be one of {sorted(_SDE_METHODS)}, got {method!r}")
     if dt is not None:
         dt = check_positive("dt", dt)
+    check_bool("adaptive", adaptive)
+    check_bool("progress", progress)
+    if not adaptive and (rtol is not None or atol is not None):
+        raise ValueError("rtol/atol only apply with adaptive=True; a fixed-step solve would ignore them")
+    rtol = 1e-3 if rtol is None else rtol
+    atol = 1e-3 if atol is None else atol
+    if isinstance(generator, torch.Generator):
+        check_generator(generator, x0.device, "x0")
     if adaptive:
         check_positive("rtol", rtol)
         check_positive("atol", atol)
@@ -557,8 +581,8 @@ def _check_state(x0: Any) -> Any:
     if isinstance(x0, tuple):
         if not x0:
             raise ValueError("x0 must be a tensor or a non-empty tuple of tensors")
-        for k, v in enumerate(x0):
-            check_batch(f"x0[{k}]", v, min_dim=1)
+        for k, v in enumerate(x0):  # the first component is the state; others (log-dets...) may be empty
+            check_batch(f"x0[{k}]", v, min_dim=1, allow_empty=k > 0)
         return x0
     return check_batch("x0", x0, min_dim=1)
 
@@ -616,9 +640,16 @@ def odeint(
     d = ts[1:] - ts[:-1]
     if not (bool((d > 0).all()) or bool((d < 0).all())):
         raise ValueError("ts must be strictly monotone (increasing or decreasing)")
+    sde = getattr(func, "sde", None)
+    if isinstance(sde, LinearSDE):  # e.g. a ProbabilityFlowODE: its field is defined on [0, T] only
+        lo, hi = float(ts.min()), float(ts.max())
+        if lo < 0.0 or hi > sde.T * (1.0 + 1e-12):
+            raise ValueError(f"ts must lie in [0, T] = [0, {sde.T}] for func's SDE, got [{lo}, {hi}]")
     if not isinstance(method, str) or not method:
         raise TypeError(f"method must be the name of a torchdiffeq method, got {method!r}")
     keep = _save_indices(save, ts.numel())
+    check_bool("progress", progress)
+    check_bool("record_times", record_times)
     opts = dict(options or {})
     if method in ADAPTIVE_ODE_METHODS:
         check_positive("rtol", rtol)

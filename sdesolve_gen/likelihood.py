@@ -62,7 +62,15 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
-from ._checks import NonFiniteError, check_batch, check_positive
+from ._checks import (
+    NonFiniteError,
+    check_batch,
+    check_generator,
+    check_in_data_range,
+    check_positive,
+    check_probe_options,
+    checked_prior,
+)
 from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, DivergenceEngine, draw_probes
 from .integrate import ADAPTIVE_ODE_METHODS, odeint
@@ -361,6 +369,11 @@ def log_likelihood(
         ValueError: bad arguments (named), or a score without an autograd graph.
         NonFiniteError: NaN/inf in the score or its divergence (with the time).
     """
+    prior = checked_prior(prior)  # a user prior's log_prob must return exactly (B,)
+    check_probe_options(divergence, n_probes, probe, probes)
+    if isinstance(x, torch.Tensor):
+        check_in_data_range("x", x, data_range)
+        check_generator(generator, x.device, "x")
     x = _check_common(sde, score_fn, x, method, rtol, atol)
     B = x.shape[0]
     D = x[0].numel()
@@ -529,6 +542,8 @@ def dataset_log_likelihood(
     Returns:
         :class:`DatasetLikelihood`.
     """
+    if isinstance(data, torch.Tensor):  # (an iterable of batches is not range-checked here)
+        check_in_data_range("data", data, data_range)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if "generator" in kwargs or "probes" in kwargs:

@@ -36,7 +36,16 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
-from ._checks import check_batch
+from ._checks import (
+    check_batch,
+    check_bool,
+    check_coefficient,
+    check_int,
+    check_positive,
+    check_real,
+    check_same_shape,
+    host_values,
+)
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -59,7 +68,12 @@ def loss_weight(sde: LinearSDE, t: Tensor, kind: Weighting = "sigma2", *, sigma_
     r""":math:`\lambda(t)` of the score-error loss for ``kind`` (see the module doc), float64 like ``t``."""
     t = t.to(torch.float64)
     if callable(kind):
-        return torch.as_tensor(kind(t), dtype=torch.float64)
+        lam = kind(t)
+        if isinstance(lam, (int, float)) and not isinstance(lam, bool):
+            return torch.full_like(t, float(lam))
+        if isinstance(lam, torch.Tensor) and lam.dim() == 0:
+            return lam.to(torch.float64).expand(t.shape)
+        return check_same_shape("lambda(t)", lam, tuple(t.shape), "weighting").to(torch.float64)
     if kind == "sigma2":
         return sde.sigma2(t)
     if kind == "g2":
@@ -82,7 +96,8 @@ def sample_time(
     Returns:
         float64 tensor of shape ``(n,)``.
     """
-    eps = sde.eps if eps is None else float(eps)
+    n = check_int("n", n, 0)
+    eps = sde.eps if eps is None else check_real("eps", eps)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps}")
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device if generator is not None else None)
@@ -139,6 +154,8 @@ def dsm_loss(
         ValueError: if ``generator`` is on another device than ``x0`` (checked before any draw).
     """
     x0 = check_batch("x0", x0)
+    check_bool("reduce", reduce)
+    check_bool("importance_sampling", importance_sampling)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -150,13 +167,15 @@ def dsm_loss(
     if importance_sampling and weighting != "g2":
         raise ValueError("importance_sampling is defined for weighting='g2' (the likelihood weighting)")
     B = x0.shape[0]
-    eps_t = sde.eps if eps is None else float(eps)
+    eps_t = sde.eps if eps is None else check_real("eps", eps)
+    check_positive("sigma_data", sigma_data)
     if t is None:
         t = sample_time(sde, B, importance=importance_sampling, eps=eps_t, generator=generator, device=x0.device)
     else:
         if importance_sampling:
             raise ValueError("pass t or importance_sampling, not both")
         t = sde.time(t, batch=B).to(x0.device).expand(B)
+        check_coefficient("sigma(t) at the given t", torch.sqrt(sde.sigma2(t)))
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     alpha = expand_to(torch.exp(sde.log_alpha(t)), x0)
     sigma = expand_to(torch.sqrt(sde.sigma2(t)), x0)
@@ -169,7 +188,12 @@ def dsm_loss(
         Z = float(sde.log_snr(eps_t)) - float(sde.log_snr(sde.T))
         per = (Z / (sde.T - eps_t)) * sq
     else:
-        lam = loss_weight(sde, t, weighting, sigma_data=sigma_data).to(sq) / sde.sigma2(t).to(sq)
+        lam_t = loss_weight(sde, t, weighting, sigma_data=sigma_data)
+        if callable(weighting):  # a user weighting must be a finite lambda(t) >= 0 (checked where it costs no sync)
+            v = host_values(lam_t)
+            if v is not None and not bool((torch.isfinite(v) & (v >= 0)).all()):
+                raise ValueError("weighting returned a lambda(t) that is negative or not finite; it must be finite and >= 0")
+        lam = lam_t.to(sq) / sde.sigma2(t).to(sq)
         per = lam * sq
     return per.mean() if reduce else per
 
@@ -227,13 +251,12 @@ def sliced_score_matching_loss(
         projection: ``"rademacher"`` or ``"gaussian"``.
     """
     x = check_batch("x", x)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be an int >= 1, got {n_projections!r}")
+    check_int("n_projections", n_projections, 1)
     if projection not in ("rademacher", "gaussian"):
         raise ValueError(f"projection must be 'rademacher' or 'gaussian', got {projection!r}")
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        s = score_fn(x)
+        s = check_same_shape("s(x)", score_fn(x), tuple(x.shape), "score_fn")
         total = torch.zeros((), dtype=x.dtype, device=x.device)
         for _ in range(n_projections):
             v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -258,7 +281,7 @@ def implicit_score_matching_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor
     """
     x = check_batch("x", x).detach().requires_grad_(True)
     with torch.enable_grad():
-        s = score_fn(x)
+        s = check_same_shape("s(x)", score_fn(x), tuple(x.shape), "score_fn")
         sf = s.flatten(1)
         D = sf.shape[1]
         tr = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)

@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ._checks import check_int, check_positive, check_time_tensor
+
 Tensor = torch.Tensor
 
 __all__ = ["GaussianFourierEmbedding", "MLPScoreNet", "UNet"]
@@ -61,8 +63,9 @@ class MLPScoreNet(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, embed_dim: int = 64, t_max: float = 1.0) -> None:
         super().__init__()
-        if dim <= 0 or hidden <= 0 or depth <= 0:
-            raise ValueError(f"dim, hidden and depth must be positive, got {dim}, {hidden}, {depth}")
+        for name, v in (("dim", dim), ("hidden", hidden), ("depth", depth), ("embed_dim", embed_dim)):
+            check_int(name, v, 1)
+        check_positive("t_max", t_max)
         self.dim = dim
         self.embed = GaussianFourierEmbedding(embed_dim, t_max=t_max)
         self.inp = nn.Linear(dim, hidden)
@@ -75,6 +78,7 @@ class MLPScoreNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        t = check_time_tensor("t", t, x.shape[0])
         e = self.embed(t).to(x.dtype)
         h = self.inp(x)
         for lin, tl in zip(self.layers, self.temb):
@@ -122,6 +126,19 @@ class UNet(nn.Module):
         num_classes: Optional[int] = None, t_max: float = 1.0,
     ) -> None:
         super().__init__()
+        check_int("in_channels", in_channels, 1)
+        check_int("base", base, 1)
+        check_int("embed_dim", embed_dim, 2)
+        check_positive("t_max", t_max)
+        if num_classes is not None:
+            check_int("num_classes", num_classes, 1)
+        if not isinstance(channel_mults, (tuple, list)) or not channel_mults:
+            raise TypeError(f"channel_mults must be a non-empty sequence of ints, got {channel_mults!r}")
+        for k, m in enumerate(channel_mults):
+            check_int(f"channel_mults[{k}]", m, 1)
+            if (base * m) % min(8, base * m):
+                raise ValueError(f"base * channel_mults[{k}] = {base * m} channels must be <= 8 or a multiple of 8 "
+                                 "(GroupNorm with 8 groups)")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.n_down = len(channel_mults) - 1
@@ -157,6 +174,7 @@ class UNet(nn.Module):
         k = 2**self.n_down
         if x.shape[2] % k or x.shape[3] % k:
             raise ValueError(f"H and W must be divisible by {k} for {self.n_down + 1} levels, got {tuple(x.shape[2:])}")
+        t = check_time_tensor("t", t, x.shape[0])
         e = self.embed(t.to(x.dtype))
         if self.label is not None:
             if y is None:
@@ -164,7 +182,10 @@ class UNet(nn.Module):
             elif not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32) or y.shape != (x.shape[0],):
                 got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
                 raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},), got {got}")
-            # (the range [0, num_classes] is checked where labels are made, not per forward pass: no host sync)
+            # (the range [0, num_classes] is checked where labels are made and here for host labels only: no device sync)
+            if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) > int(self.num_classes or 0)):
+                raise ValueError(f"y must lie in [0, {self.num_classes}] (label {self.num_classes} is the null label), "
+                                 f"got [{int(y.min())}, {int(y.max())}]")
             e = e + self.label(y)
         elif y is not None:
             raise ValueError("y was given but the UNet has no class conditioning (num_classes=None)")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Union
 import torch
 from torch import nn
 
-from ._checks import TimeLike, as_time64, check_tensor
+from ._checks import TimeLike, as_time64, check_batch, check_coefficient, check_model_time, check_tensor
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -66,9 +66,15 @@ def to_score(pred: Tensor, kind: str, x: Tensor, alpha: Union[float, Tensor], si
         The score, shape ``(B, *shape)``.
     """
     kind = _check_kind("kind", kind)
+    pred, x = check_tensor("pred", pred), check_tensor("x", x)
+    if pred.shape != x.shape:
+        raise ValueError(f"pred has shape {tuple(pred.shape)} but x has shape {tuple(x.shape)}; they must match exactly")
     a, s = _coef("alpha", alpha, x), _coef("sigma", sigma, x)
     if kind == "score":
         return pred
+    check_coefficient("sigma", sigma)  # eps, x0 and v divide by sigma
+    if kind != "eps":
+        check_coefficient("alpha", alpha)
     if kind == "eps":
         return -pred / s
     if kind == "x0":
@@ -84,9 +90,14 @@ def from_score(score: Tensor, kind: str, x: Tensor, alpha: Union[float, Tensor],
     Shapes and coefficient forms as in :func:`to_score`.
     """
     kind = _check_kind("kind", kind)
+    score, x = check_tensor("score", score), check_tensor("x", x)
+    if score.shape != x.shape:
+        raise ValueError(f"score has shape {tuple(score.shape)} but x has shape {tuple(x.shape)}; they must match exactly")
     a, s = _coef("alpha", alpha, x), _coef("sigma", sigma, x)
     if kind == "score":
         return score
+    if kind != "eps":
+        check_coefficient("alpha", alpha)  # x0 and v divide by alpha
     eps = -s * score
     if kind == "eps":
         return eps
@@ -131,6 +142,8 @@ class ScoreModel(nn.Module):
     def forward(self, x: Tensor, t: TimeLike, **kwargs: Any) -> Tensor:
         """Score :math:`s_\\theta(x, t)`, shape of ``x``; ``t`` a float, 0-d or ``(B,)`` tensor;
         ``kwargs`` (e.g. labels ``y``) are passed on to ``net``."""
+        x = check_batch("x", x, min_dim=1)
+        check_model_time(self.sde, t, x.shape[0])
         tt = as_time64(t).to(x.device)
         if tt.dim() == 0:
             tt = tt.expand(x.shape[0])
@@ -139,4 +152,6 @@ class ScoreModel(nn.Module):
             raise ValueError(f"net returned shape {tuple(pred.shape)}, expected the input's shape {tuple(x.shape)}")
         alpha = torch.exp(self.sde.log_alpha(tt))
         sigma = torch.sqrt(self.sde.sigma2(tt))
+        if self.parameterisation != "score":
+            check_coefficient("sigma(t) at the given t", sigma)
         return to_score(pred, self.parameterisation, x, alpha, sigma)

@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ._checks import TimeLike, as_time64
+from ._checks import TimeLike, as_time64, check_batch, check_int, check_model_time
 from .discrete import DiscreteVPSDE
 from .parameterisation import to_score
 from .sde import LinearSDE, expand_to
@@ -91,6 +91,7 @@ def model_output(out: Any, x: Tensor, *, channels: Optional[int] = None) -> Tens
     if not isinstance(pred, Tensor):
         raise TypeError(f"model must return a tensor, a tuple or an object with .sample, got {type(out).__name__}")
     if channels is not None:
+        check_int("channels", channels, 1)
         pred = pred[:, :channels]
     if pred.shape != x.shape:
         raise ValueError(f"model returned shape {tuple(pred.shape)}, expected the input's shape {tuple(x.shape)}")
@@ -174,6 +175,8 @@ class TimestepModelScore(nn.Module):
 
     def forward(self, x: Tensor, t: TimeLike, **kwargs: Any) -> Tensor:
         """Score at ``x`` (``(B, C, ...)``) and time ``t`` (float, 0-d or ``(B,)``); ``kwargs`` go to the model."""
+        x = check_batch("x", x, min_dim=1)
+        check_model_time(self.sde, t, x.shape[0])
         tt = as_time64(t).to(x.device)
         if tt.dim() == 0:
             tt = tt.expand(x.shape[0])
@@ -235,6 +238,8 @@ class DenoiserScore(nn.Module):
 
     def forward(self, x: Tensor, t: TimeLike, **kwargs: Any) -> Tensor:
         """Score at ``x`` and time ``t``; ``kwargs`` go to the model."""
+        x = check_batch("x", x, min_dim=1)
+        check_model_time(self.sde, t, x.shape[0])
         tt = as_time64(t).to(x.device)
         if tt.dim() == 0:
             tt = tt.expand(x.shape[0])
@@ -255,6 +260,8 @@ def sde_from_scheduler_config(config: Mapping[str, Any]) -> Tuple[DiscreteVPSDE,
         ValueError: ``rescale_betas_zero_snr=True`` (zero terminal SNR is not supported) or an
             unknown ``beta_schedule`` / ``prediction_type``.
     """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping (a diffusers scheduler.config or its JSON dict), got {type(config).__name__}")
     cfg = dict(config)
     if cfg.get("rescale_betas_zero_snr"):
         raise ValueError("rescale_betas_zero_snr=True (zero terminal SNR) is not supported: sigma/alpha is infinite at T")

@@ -128,6 +128,10 @@ class _ScoreCaller(nn.Module):
         if not isinstance(s, torch.Tensor) or s.shape != x.shape:
             got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise ValueError(f"score_fn returned shape {got}, expected {tuple(x.shape)}")
+        if s.device != x.device:
+            raise ValueError(f"score_fn returned a tensor on {s.device}, expected x's device {x.device}")
+        if s.dtype != x.dtype:
+            raise TypeError(f"score_fn returned dtype {s.dtype}, expected x's dtype {x.dtype} (the state would change precision silently)")
         if self.check_finite == "step":
             # A sum is NaN/inf whenever an element is (cheaper than isfinite().all()); an overflowing
             # sum of finite values is confirmed element-wise before anything is raised.
@@ -344,4 +348,6 @@ def pf_velocity(sde: LinearSDE, x: Tensor, score: Tensor, t: Tensor) -> Tensor:
     Returns:
         :math:`v`, shape of ``x``.
     """
+    if score.shape != x.shape:  # (a shape comparison: no device synchronisation)
+        raise ValueError(f"score has shape {tuple(score.shape)} but x has shape {tuple(x.shape)}; they must match exactly")
     return sde.drift(x, t) - 0.5 * expand_to(sde.diffusion2(t), x) * score

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import TimeLike, as_float64, as_time64, check_batch, check_positive
+from ._checks import TimeLike, as_float64, as_time64, check_batch, check_generator, check_positive
 from .seeds import randn as _randn
 
 Tensor = torch.Tensor
@@ -306,6 +306,10 @@ class LinearSDE:
             raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
         if len(shape) < 2 or any(s <= 0 for s in shape):
             raise ValueError(f"shape must be (batch, *data_shape) with positive sizes, got {tuple(shape)}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        if isinstance(generator, torch.Generator):
+            check_generator(generator, torch.device(device) if device is not None else torch.device("cpu"), "device")
         z = _randn(tuple(shape), generator, dtype=dtype, device=device)  # torch.Generator or SeedStreams
         return self.prior_std * z
 
@@ -467,6 +471,10 @@ class _BetaLinearSDE(LinearSDE):
             raise ValueError(f"beta_max must be >= beta_min={beta_min}, got beta_max={beta_max}")
         self.beta_min, self.beta_max = float(beta_min), beta_max
         super().__init__(T=T, eps=eps, prior_std=1.0)
+        half_B = 0.5 * (self.beta_min * self.T + 0.5 * (beta_max - self.beta_min) * self.T**2)
+        if half_B > 700.0:  # alpha(T) = exp(-B(T)/2) would be 0 or subnormal in float64
+            raise ValueError(f"beta_max={beta_max} (with beta_min={self.beta_min}, T={self.T}) gives alpha(T) = "
+                             f"exp(-{half_B:.4g}), which underflows float64; every sampler divides by alpha")
 
     def beta(self, t: Tensor) -> Tensor:
         r""":math:`\beta(t) = \beta_{\min} + t(\beta_{\max} - \beta_{\min})`."""

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -36,9 +37,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
-from ._checks import check_positive
+from ._checks import check_int, check_positive, check_range
 from .checkpoints import atomic_save, check_writable, clean_stale_temp_files, load_verified
-from .losses import Weighting, dsm_loss
+from .losses import WEIGHTINGS, Weighting, dsm_loss
 from .sde import LinearSDE
 
 Tensor = torch.Tensor
@@ -99,6 +100,8 @@ class EMA(AveragedModel):
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(decay, bool) or not isinstance(decay, (int, float)):
             raise TypeError(f"ema_decay must be a number in [0, 1), got {type(decay).__name__}")
         if not 0.0 <= decay < 1.0:
@@ -162,6 +165,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         ValueError: naming the file if it is truncated, corrupt (any changed byte), has no
             integrity header, or is not a trainer checkpoint of this format.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike naming a checkpoint file or directory, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -173,9 +178,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 
 
 def _check_int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return v
+    return check_int(name, v, lo)  # (TypeError for bools and floats, ValueError below lo)
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -280,11 +283,18 @@ class Trainer:
         params = list(model.parameters())
         if not params:
             raise ValueError("model has no parameters to train")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1)
         for name, v in (("checkpoint_every", checkpoint_every), ("log_every", log_every), ("eval_every", eval_every),
                         ("lr_decay_steps", lr_decay_steps)):
             _check_int(name, v, 0)
+        if eval_fn is not None and not callable(eval_fn):
+            raise TypeError(f"eval_fn must be callable as eval_fn(trainer) -> dict, got {type(eval_fn).__name__}")
+        # (options a generic script may set unconditionally: warned, not refused, so nothing is ignored silently)
+        if eval_every and eval_fn is None:
+            warnings.warn("eval_every > 0 without eval_fn: no evaluation will run", UserWarning, stacklevel=2)
+        if checkpoint_every and checkpoint_dir is None:
+            warnings.warn("checkpoint_every > 0 without checkpoint_dir: no checkpoint will be written", UserWarning,
+                          stacklevel=2)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         x_data, y_data = self._split_data(data)
@@ -310,6 +320,17 @@ class Trainer:
         if lr_scheduler is not None and not (isinstance(lr_scheduler, LRScheduler) or callable(lr_scheduler)):
             raise TypeError(f"lr_scheduler must be a torch LR scheduler or a factory optimizer -> scheduler, got {type(lr_scheduler).__name__}")
         lr_value = check_positive("lr", 2e-3 if lr is None else lr)
+        if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool)
+                                          and grad_clip == 0):
+            grad_clip = check_positive("grad_clip", grad_clip)  # a negative norm would ascend the loss
+        if not (callable(weighting) or weighting in WEIGHTINGS):
+            raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable t -> lambda(t), got {weighting!r}")
+        if not isinstance(importance_sampling, bool):
+            raise TypeError(f"importance_sampling must be a bool, got {type(importance_sampling).__name__}")
+        if importance_sampling and weighting != "g2":
+            raise ValueError("importance_sampling is defined for weighting='g2' (the likelihood weighting)")
+        if eps is not None:
+            check_range("eps", eps, 0.0, sde.T, lo_open=True, hi_open=True)
         wd_value = 0.0 if weight_decay is None else float(weight_decay)
         if not (math.isfinite(wd_value) and wd_value >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")

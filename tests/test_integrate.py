@@ -60,7 +60,7 @@ def test_edm_grid_matches_rho_formula_for_edm_sde():
         (dict(n=5, kind="cosine"), ValueError, "kind"),
         (dict(n=5, eps=2.0), ValueError, "eps"),
         (dict(n=5, eps=-1e-3), ValueError, "eps"),
-        (dict(n=2.5), ValueError, "n must be"),
+        (dict(n=2.5), TypeError, "n must be"),  # a float is the wrong type (bools too)
     ],
 )
 def test_timesteps_bad_args(kwargs, exc, match):

@@ -13,12 +13,13 @@ whose ``x`` holds the samples ``(B, *shape)``. A step goes from :math:`t = t_i` 
 
 from __future__ import annotations
 
+import math
 import time as _time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import torch
 
-from .._checks import as_float64, check_batch
+from .._checks import as_float64, check_batch, check_bool
 from ..reverse import ScoreFn, _ScoreCaller
 from ..sde import LinearSDE
 from ..seeds import SeedStreams, randn
@@ -114,7 +115,7 @@ class Run:
     def steps(self, progress: bool) -> Iterable[int]:
         """Step indices ``0 .. len(ts) - 2``, with a tqdm bar if ``progress``."""
         rng = range(len(self.t) - 1)
-        if progress:
+        if check_bool("progress", progress):
             from tqdm.auto import tqdm
 
             return tqdm(rng, desc=self.name, leave=False)
@@ -131,7 +132,7 @@ class Run:
 
     def finish(self, x: Tensor, denoise: bool, **extra: Any) -> Solution:
         """Optionally denoise, check finiteness once, and wrap the result in a :class:`~sdesolve_gen.Solution`."""
-        if denoise:
+        if check_bool("denoise", denoise):
             x = tweedie_x0(x, self.score(x, len(self.t) - 1), self.alpha[-1], self.sigma[-1])
         self.caller.raise_if_nonfinite()
         return Solution(
@@ -164,6 +165,8 @@ def check_ts(ts: Any, sde: LinearSDE) -> Tensor:
 
 def tweedie_x0(x: Tensor, score: Tensor, alpha: float, sigma: float) -> Tensor:
     r"""Tweedie's posterior mean :math:`\mathbb E[x_0 \mid x_t] = (x + \sigma^2 s)/\alpha`."""
+    if isinstance(alpha, (int, float)) and not (alpha > 0 and math.isfinite(alpha)):  # (numbers only: no device sync)
+        raise ValueError(f"alpha must be a finite number > 0 (Tweedie divides by it), got {alpha}")
     return (x + sigma * sigma * score) / alpha
 
 

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 
+from .._checks import check_exact_shapes, check_positive
 from ..integrate import timesteps
 from ..sde import LinearSDE
 from .ode import ode
@@ -40,6 +41,8 @@ __all__ = ["calibrate_timesteps", "CalibratedGrid", "trajectory_rmse"]
 def trajectory_rmse(x: Tensor, ref: Tensor, alpha: float) -> float:
     r"""Mean over samples of the per-sample RMS error in :math:`x/\alpha` units:
     :math:`\frac1B\sum_b (\mathrm{mean}_d ((x_b - r_b)/\alpha)^2)^{1/2}`, ``x, ref`` of shape ``(B, *shape)``."""
+    check_exact_shapes("x", x, "ref", ref)
+    alpha = check_positive("alpha", alpha)
     d = ((x - ref) / alpha).reshape(x.shape[0], -1)
     return float(d.pow(2).mean(1).sqrt().mean())
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
+from .._checks import check_int, check_positive
 from ..reverse import ScoreFn
 from ..sde import LinearSDE
 from ..solution import Solution
@@ -83,8 +84,8 @@ def annealed_langevin(
 
     with :math:`\sigma_L` the smallest level. NFE = ``n_steps_each * len(ts)``.
     """
-    if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
-        raise ValueError(f"n_steps_each must be an int >= 1, got {n_steps_each!r}")
+    check_int("n_steps_each", n_steps_each, 1)
+    step_lr = check_positive("step_lr", step_lr)
     if not (isinstance(step_lr, (int, float)) and step_lr > 0):
         raise ValueError(f"step_lr must be a number > 0, got {step_lr!r}")
     run = Run("annealed_langevin", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
@@ -148,10 +149,8 @@ def predictor_corrector(
         raise ValueError(f"corrector must be 'langevin' or None, got {corrector!r}")
     if pred is None and corrector is None:
         raise ValueError("predictor and corrector cannot both be None")
-    if not (isinstance(snr, (int, float)) and snr > 0):
-        raise ValueError(f"snr must be a number > 0, got {snr!r}")
-    if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) or n_corrector_steps < 0:
-        raise ValueError(f"n_corrector_steps must be an int >= 0, got {n_corrector_steps!r}")
+    snr = check_positive("snr", snr)
+    check_int("n_corrector_steps", n_corrector_steps, 0)
     run = Run("predictor_corrector", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     x = run.x_T
     for i in run.steps(progress):

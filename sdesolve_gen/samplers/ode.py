@@ -11,6 +11,7 @@ from typing import Any, List, Mapping, Optional
 
 import torch
 
+from .._checks import check_int
 from ..integrate import ADAPTIVE_ODE_METHODS, odeint
 from ..reverse import ProbabilityFlowODE, ScoreFn
 from ..sde import LinearSDE
@@ -115,8 +116,7 @@ def dpm_solver(
     Intermediate times come from :meth:`~sdesolve_gen.sde.LinearSDE.t_of_lambda` (closed forms
     for the built-in schedules, bisection for custom ones; once per call).
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    order = check_int("order", order, 1, 3)
     run = Run(f"dpm_solver{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     lam = _lambdas(run)
     n = len(run.t) - 1

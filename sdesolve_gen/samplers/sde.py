@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
-from .._checks import check_positive
+from .._checks import check_int, check_positive, check_range
 from ..reverse import ScoreFn
 from ..sde import LinearSDE
 from ..solution import Solution
@@ -140,6 +140,9 @@ def adaptive_sde(
     Two evaluations per attempt. Only ``ts[0]`` and ``ts[-1]`` are used.
     """
     rtol, atol, h = check_positive("rtol", rtol), check_positive("atol", atol), check_positive("h_init", h_init)
+    theta = check_range("theta", theta, 0.0, 1.0, lo_open=True)  # theta = 0 would never move t
+    r = check_range("r", r, 0.0, 1.0, lo_open=True)
+    max_steps = check_int("max_steps", max_steps, 1)
     run = Run("adaptive_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
     t, t_end = run.t[0], run.t[-1]
     x = run.x_T
