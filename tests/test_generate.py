@@ -84,8 +84,8 @@ def test_seed_streams_errors_and_plain_generator_unchanged():
         SAMPLERS["euler_maruyama"](sde, model, torch.zeros(3, 2), ts, generator=7)
     with pytest.raises(ValueError, match="seeds"):
         SeedStreams([])
-    # one stream = one manual_seed'ed generator drawn per sample
-    st = SeedStreams([5, 9])
+    # method="generator": one stream = one manual_seed'ed generator drawn per sample
+    st = SeedStreams([5, 9], method="generator")
     z = st.randn((2, 3))
     assert torch.equal(z[1], torch.randn(3, generator=torch.Generator().manual_seed(9)))
     # a plain generator draws exactly as before: one randn of the batch's shape per step
