@@ -2,6 +2,7 @@
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,14 @@ def test_cli_bad_input(ckpt, tmp_path, capsys):
     assert "argument --out" in err and "sampler='euler_maruyama'" in err
     ev = cli.main(["evaluate", out])
     assert ev == 0 and "6 samples" in capsys.readouterr().out
+    assert cli.main(["evaluate", out, "--bpd", str(ckpt), "--rtol", "1e-3", "--atol", "1e-3"]) == 0
+    assert "bits/dim of the samples under the checkpoint's model" in capsys.readouterr().out
+    other = tmp_path / "other_ckpt"
+    shutil.copytree(ckpt, other)
+    with open(other / "checkpoint.pt", "ab") as f:
+        f.write(b"x")
+    assert cli.main(["evaluate", out, "--bpd", str(other)]) == 2
+    assert "argument --bpd" in capsys.readouterr().err
 
 
 def test_kill_and_restart_loses_and_duplicates_nothing(ckpt, tmp_path):
