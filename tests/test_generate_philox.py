@@ -91,20 +91,27 @@ def test_philox4x32_refuses_bad_words():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_stream_is_the_documented_function_of_seed_draw_and_block(dtype):
-    """Row i of draw t = normal_from_words(Philox_{(s mod 2^32, s div 2^32)}((j, t, 0, 0))), j = block."""
+    """Row i of draw t = normal_from_words(Philox_{(s mod 2^32, s div 2^32)}((j, t, 0, 0))), j = block.
+
+    Draws 0..9 of one shape (computed ahead in chunks of 1, 2, 4, ...), then one of another
+    shape (the chunk is dropped) and one more of the first: each equals the formula at its t.
+    """
     seeds = [3, 2**32 + 3, 2**62 + 12345]
     st = SeedStreams(seeds)
-    st.randn((3, 5), dtype=dtype)
-    z = st.randn((3, 5), dtype=dtype)  # draw t = 1
+    shapes = [(3, 5)] * 10 + [(3, 2, 2), (3, 5)]
     per_block = 2 if dtype == torch.float64 else 4
-    nb = -(-5 // per_block)
-    for i, s in enumerate(seeds):
-        ctr = torch.zeros(4, nb, dtype=torch.int64)
-        ctr[0] = torch.arange(nb)
-        ctr[1] = 1
-        key = torch.tensor([[s & MASK32], [s >> 32]])
-        assert torch.equal(z[i], normal_from_words(philox4x32(ctr, key), dtype)[:5])
-    assert not torch.equal(z[0], z[1])  # the high key word matters
+    for t, shape in enumerate(shapes):
+        z = st.randn(shape, dtype=dtype).reshape(3, -1)
+        n = z.shape[1]
+        nb = -(-n // per_block)
+        for i, s in enumerate(seeds):
+            ctr = torch.zeros(4, nb, dtype=torch.int64)
+            ctr[0] = torch.arange(nb)
+            ctr[1] = t
+            key = torch.tensor([[s & MASK32], [s >> 32]])
+            assert torch.equal(z[i], normal_from_words(philox4x32(ctr, key), dtype)[:n]), (t, i)
+        assert not torch.equal(z[0], z[1])  # the high key word matters
+    assert st.draws == len(shapes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
