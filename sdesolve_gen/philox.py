@@ -40,28 +40,29 @@ _M = (0xD2511F53, 0xCD9E8D57)
 _W = (0x9E3779B9, 0xBB67AE85)
 
 
-def philox4x32(counter: Tensor, key: Tensor, rounds: int = 10) -> Tensor:
+def philox4x32(counter: Tensor, key: Tensor, rounds: int = 10, *, check: bool = True) -> Tensor:
     r"""Philox-4x32 of ``rounds`` rounds (10: the standard, Random123's ``philox4x32_R(10, ...)``).
 
     Args:
         counter: ``(4, *batch)`` ``int64`` words in :math:`[0, 2^{32})`, word 0 first.
         key: ``(2, *batch')`` ``int64`` words in :math:`[0, 2^{32})`, broadcastable to ``batch``.
         rounds: number of rounds.
+        check: check that the words lie in :math:`[0, 2^{32})` (a host synchronisation on an
+            accelerator; callers that build the words themselves pass ``False``).
 
     Returns:
         ``(4, *batch)`` ``int64`` tensor of the output words (in :math:`[0, 2^{32})`).
 
     Raises:
         TypeError: if ``counter`` or ``key`` is not ``int64``; ValueError for a wrong leading
-            dimension or words outside :math:`[0, 2^{32})` (checked on small inputs only, where it
-            costs nothing measurable: ``counter.numel() <= 4096``).
+            dimension or (with ``check``) words outside :math:`[0, 2^{32})`.
     """
     if counter.dtype != torch.int64 or key.dtype != torch.int64:
         raise TypeError(f"counter and key must be int64 tensors, got {counter.dtype} and {key.dtype}")
     if counter.shape[0] != 4 or key.shape[0] != 2:
         raise ValueError(f"counter must have shape (4, ...) and key (2, ...), got {tuple(counter.shape)} and "
                          f"{tuple(key.shape)}")
-    if counter.numel() <= 4096 and bool(((counter < 0) | (counter > MASK32)).any() | ((key < 0) | (key > MASK32)).any()):
+    if check and bool(((counter < 0) | (counter > MASK32)).any() | ((key < 0) | (key > MASK32)).any()):
         raise ValueError("counter and key words must lie in [0, 2**32)")
     keys = round_keys(key, rounds)
     dev = counter.device
