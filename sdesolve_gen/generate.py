@@ -578,6 +578,19 @@ def evaluate(
     bs = int(man["batch_size"])
     on, rank, world = _dist()
     n_b = -(-len(seed_list) // bs)
+    watch = _LauncherWatch() if on and _launched_by_torchrun() else contextlib.nullcontext()
+    with watch:  # under torchrun: stop when the launcher is killed (as generate does)
+        allb = _evaluate_batches(out_dir, seed_list, bs, n_b, on, rank, world, score, label_fn)
+        res = _summarise(allb, score is not None, label_fn is not None, n_labels)
+        if likelihood_model is not None:
+            res.likelihood = _bits_per_dim(out_dir, allb, n_b, bs, on, likelihood_model, lk_kwargs)
+    return res
+
+
+def _evaluate_batches(out_dir: Any, seed_list: List[int], bs: int, n_b: int, on: bool, rank: int, world: int,
+                      score: Optional[Callable[[Tensor], Tensor]], label_fn: Optional[Callable[[Tensor], Tensor]],
+                      ) -> List[Tuple[int, Optional[Dict[str, Any]]]]:
+    """This rank's batches scored, gathered from every rank: ``[(k, part or None if missing)]`` in batch order."""
     mine: List[Tuple[int, Optional[Dict[str, Any]]]] = []
     for k in range(rank, n_b, world):
         got = _read_batch(batch_path(out_dir, k))
@@ -599,13 +612,19 @@ def evaluate(
         allb = sorted((kb for p in gathered for kb in p), key=lambda kb: kb[0])
     else:
         allb = mine
+    return allb
+
+
+def _summarise(allb: List[Tuple[int, Optional[Dict[str, Any]]]], has_score: bool, has_labels: bool,
+               n_labels: int) -> EvalResult:
+    """The :class:`EvalResult` of the gathered batches (no likelihood)."""
     parts = [p for _, p in allb if p is not None]
     missing = sum(p is None for _, p in allb)
     empty_l = torch.zeros(0, dtype=torch.long)
     seeds_t = torch.cat([p["seeds"] for p in parts]) if parts else empty_l
     n = int(seeds_t.numel())
     res = EvalResult(n=n, missing=missing, mean=float("nan"), stderr=float("nan"), seeds=seeds_t)
-    if score is not None:
+    if has_score:
         v = torch.cat([p["scores"] for p in parts]) if parts else torch.zeros(0, dtype=torch.float64)
         fin = torch.isfinite(v)
         vf = v[fin]
@@ -615,18 +634,23 @@ def evaluate(
             res.mean = float(vf.mean())
         if m > 1:
             res.stderr = float(vf.std()) / m ** 0.5
-    if label_fn is not None:
+    if has_labels:
         lab = torch.cat([p["labels"] for p in parts]) if parts else empty_l
         res.labels = lab
         res.histogram = [int(c) for c in torch.bincount(lab.clamp(0, n_labels - 1), minlength=n_labels)[:n_labels]]
-    if likelihood_model is not None:
-        if missing:
-            first = next(k for k, p in allb if p is None)
-            raise FileNotFoundError(f"{batch_path(out_dir, first)}: batch {first} is missing or unreadable: the bits/dim "
-                                    f"of likelihood_model needs every batch ({missing} of {n_b} missing)")
-        from .likelihood import dataset_log_likelihood
-
-        sde, score_fn = likelihood_model
-        res.likelihood = dataset_log_likelihood(sde, score_fn, _DirBatches(Path(out_dir), n_b), batch_size=bs,
-                                                distributed=on, **lk_kwargs)
     return res
+
+
+def _bits_per_dim(out_dir: Any, allb: List[Tuple[int, Optional[Dict[str, Any]]]], n_b: int, bs: int, on: bool,
+                  likelihood_model: Tuple[Any, Any], lk_kwargs: Dict[str, Any]) -> Any:
+    """``dataset_log_likelihood`` of a complete directory, one likelihood batch per file."""
+    missing = sum(p is None for _, p in allb)
+    if missing:
+        first = next(k for k, p in allb if p is None)
+        raise FileNotFoundError(f"{batch_path(out_dir, first)}: batch {first} is missing or unreadable: the bits/dim "
+                                f"of likelihood_model needs every batch ({missing} of {n_b} missing)")
+    from .likelihood import dataset_log_likelihood
+
+    sde, score_fn = likelihood_model
+    return dataset_log_likelihood(sde, score_fn, _DirBatches(Path(out_dir), n_b), batch_size=bs, distributed=on,
+                                  **lk_kwargs)
