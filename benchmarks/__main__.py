@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import torch
 
-SECTIONS = ("sampling", "likelihood", "em_overhead", "pf_ode_nfe", "scaling", "inference")
+SECTIONS = ("sampling", "likelihood", "em_overhead", "pf_ode_nfe", "scaling", "inference", "generate_seeds")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -6,7 +6,7 @@ Subcommands (``sdesolve-gen <command> --help`` for each)::
     sdesolve-gen train       --ckpt DIR [--data eight_gaussians|two_moons|swiss_roll|checkerboard|digits] [--conditional] [--steps N] [--resume]
     sdesolve-gen sample      DIR [--sampler NAME] [-n N] [--steps N] [--seed S] [--class K [--cfg W]] [--out samples.pt|.png]
     sdesolve-gen sample      DIR --seeds 0-49999 --out OUTDIR [--batch N] [--png]   (sharded; torchrun for ranks)
-    sdesolve-gen evaluate    OUTDIR
+    sdesolve-gen evaluate    OUTDIR [--bpd CHECKPOINT]                               (sharded; torchrun for ranks)
     sdesolve-gen likelihood  DIR [-n N] [--divergence exact|hutchinson] [--probes K] [--seed S] [--progress]
     sdesolve-gen bench       [--quick] [--out DIR] [--only SECTION ...]
 
@@ -378,10 +378,17 @@ def _init_dist_from_env() -> bool:
     return True
 
 
-def _cmd_sample_seeds(args: argparse.Namespace) -> int:
-    """``sample --seeds A-B --out DIR``: sharded, restartable generation (see :func:`sdesolve_gen.generate.generate`)."""
+def _checkpoint_sha256(ckpt: str) -> str:
+    """sha256 of the checkpoint file of ``ckpt`` (a checkpoint directory or the file inside it)."""
     import hashlib
 
+    path = ckpt if os.path.isfile(ckpt) else os.path.join(ckpt, _require("train").CHECKPOINT_NAME)
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _cmd_sample_seeds(args: argparse.Namespace) -> int:
+    """``sample --seeds A-B --out DIR``: sharded, restartable generation (see :func:`sdesolve_gen.generate.generate`)."""
     from .generate import OutputDirError, generate
 
     if args.n is not None:
@@ -397,10 +404,7 @@ def _cmd_sample_seeds(args: argparse.Namespace) -> int:
     m = _load_model(args.checkpoint, args.weights)
     sde = m["sde"]
     model, _ = _guided(args, m)
-    path = args.checkpoint if os.path.isfile(args.checkpoint) else os.path.join(args.checkpoint, _require("train").CHECKPOINT_NAME)
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    info = {"checkpoint_sha256": digest, "config": m["cfg"], "step": m["step"], "weights": args.weights,
+    info = {"checkpoint_sha256": _checkpoint_sha256(args.checkpoint), "config": m["cfg"], "step": m["step"], "weights": args.weights,
             "class": args.label, "cfg_scale": args.cfg}
     spec_kwargs = {"rtol": 1e-5, "atol": 1e-5} if args.sampler == "ode" else {}
     started = _init_dist_from_env()
@@ -502,15 +506,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not isinstance(cfg, dict) or "data" not in cfg:
         raise CLIError(f"argument dir: its {MANIFEST} names no checkpoint config (not written by `sample --seeds`?)")
     cfg = _check_config(cfg, f"argument dir: {MANIFEST} config")
+    lik: Dict[str, Any] = {}
+    if args.bpd is not None:
+        info = man["model"]
+        if _checkpoint_sha256(args.bpd) != info.get("checkpoint_sha256"):
+            raise CLIError(f"argument --bpd: {args.bpd!r} is not the checkpoint the samples of {args.dir!r} were drawn "
+                           f"from (its sha256 differs from the manifest's checkpoint_sha256)")
+        m = _load_model(args.bpd, info.get("weights", "ema"))
+        m["model"] = m["model"].double()
+        score, _ = _guided(argparse.Namespace(label=info.get("class"), cfg=info.get("cfg_scale", 0.0)), m)
+        lik = dict(likelihood_model=(m["sde"], score),
+                   likelihood_kwargs=dict(rtol=args.rtol, atol=args.atol, divergence=args.divergence))
     started = _init_dist_from_env()
     try:
         if cfg["data"] == "digits":
             clf = _digit_classifier()
             res = evaluate(args.dir, label_fn=lambda x: torch.from_numpy(clf.predict(x.flatten(1).numpy())),
-                           n_labels=_N_DIGIT_CLASSES)
+                           n_labels=_N_DIGIT_CLASSES, **lik)
         else:
             target = _require("data").TOY_DATASETS[cfg["data"]]()
-            res = evaluate(args.dir, score=target.log_prob)
+            res = evaluate(args.dir, score=target.log_prob, **lik)
             g = torch.Generator().manual_seed(0)
             ref = float(target.log_prob(target.sample(100_000, generator=g, dtype=torch.float64)).mean())
     finally:
@@ -529,6 +544,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"mean exact log p_data(samples) {res.mean:.4f} +- {res.stderr:.4f} vs E_data[log p_data] {ref:.4f}"
               + (f"; {res.n_nonfinite} non-finite" if res.n_nonfinite else ""))
+    if res.likelihood is not None:
+        lk = res.likelihood
+        print(f"bits/dim of the samples under the checkpoint's model (PF-ODE, dopri5 rtol={args.rtol:g} "
+              f"atol={args.atol:g}, {args.divergence} divergence, continuous): {lk.mean_bpd:.4f} "
+              f"(stderr over samples {lk.data_stderr:.4f}), NFE {lk.nfe}, {lk.world_size} rank(s)")
     return 0 if res.missing == 0 else 1
 
 
@@ -685,6 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Score every sample of a directory written by `sample --seeds` (sharded over "
                         "torchrun ranks and gathered): toy data by its exact log-density, digits by a class histogram.")
     ev.add_argument("dir", help="output directory of `sdesolve-gen sample --seeds`")
+    ev.add_argument("--bpd", default=None, metavar="CHECKPOINT",
+                    help="also the bits/dim of the samples under this checkpoint's model (the one that drew them: "
+                    "its sha256 must match the manifest's), by the PF-ODE likelihood, sharded over the ranks")
+    ev.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"),
+                    help="with --bpd: divergence of the likelihood (default: auto)")
+    ev.add_argument("--rtol", type=_positive_float, default=1e-5, help="with --bpd: ODE rtol (default: 1e-5)")
+    ev.add_argument("--atol", type=_positive_float, default=1e-5, help="with --bpd: ODE atol (default: 1e-5)")
     ev.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)")
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -12,17 +12,22 @@ records what the directory holds (sampler, grid, SDE, model identity, shape, dty
 seeds); a directory holding another run's files is refused.
 
 :func:`evaluate` reads such a directory, sharded the same way, and gathers a summary (count,
-mean and standard error of a per-sample score such as the exact log-density of toy data, and
-optionally a histogram of integer labels such as a classifier's classes).
+mean and standard error of a per-sample score such as the exact log-density of toy data,
+optionally a histogram of integer labels such as a classifier's classes, and the data-set
+bits/dim of the samples under a model by
+:func:`~sdesolve_gen.likelihood.dataset_log_likelihood`); every rank gets what one process gets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time as _time
 import zipfile
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ import numpy as np
 import torch
 
 from .checkpoints import atomic_write_bytes, clean_stale_temp_files
-from .seeds import SeedStreams
+from .seeds import METHODS, SeedStreams
 
 Tensor = torch.Tensor
 
@@ -203,7 +208,7 @@ def _n_batches(man: Mapping[str, Any]) -> int:
 #: manifest key -> the argument of :func:`generate` it comes from (named in the refusal).
 _ARGUMENT = {"sampler": "sampler", "sampler_kwargs": "sampler_kwargs", "denoise": "denoise", "grid": "steps/ts",
              "sde": "sde", "model": "model_info", "shape": "shape", "dtype": "dtype", "batch_size": "batch_size",
-             "seeds": "seeds", "model_kwargs": "model_kwargs", "format": "out_dir"}
+             "seeds": "seeds", "model_kwargs": "model_kwargs", "noise": "noise", "format": "out_dir"}
 
 
 def _check_or_write_manifest(out_dir: Path, man: Dict[str, Any]) -> Optional[str]:
@@ -214,6 +219,7 @@ def _check_or_write_manifest(out_dir: Path, man: Dict[str, Any]) -> Optional[str
             old = _read_manifest(out_dir)
         except (OutputDirError, FileNotFoundError) as err:
             return str(err)
+        old.setdefault("noise", "generator")  # written before the noise scheme was recorded (and selectable)
         for key in man:
             if old.get(key) != man[key]:
                 show = lambda v: (repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "...")  # noqa: E731
@@ -251,6 +257,41 @@ def _agree(on: bool, rank: int, msg: Optional[str]) -> Optional[str]:
     box = [msg if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class _LauncherWatch:
+    """Under torchrun: SIGKILL this worker as soon as its launcher is gone (the worker was re-parented).
+
+    ``kill -9`` of the torchrun launcher does not reach its workers: they ran on as orphans
+    (measured with torch 2.13), so a restart would race them for the same batches. A daemon thread
+    polls ``os.getppid()`` every ``interval`` seconds; when it changes, the worker reports it on
+    stderr and kills itself with SIGKILL, as if it had been killed with its launcher (batch files
+    are atomic, so at most the unfinished batch is lost and redone on restart).
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.parent = os.getppid()
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sdesolve_gen-launcher-watch", daemon=True)
+
+    def __enter__(self) -> "_LauncherWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if os.getppid() != self.parent:
+                sys.stderr.write(f"generate: pid {os.getpid()}: the launcher (pid {self.parent}) is gone; stopping\n")
+                sys.stderr.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and hasattr(signal, "SIGKILL")
 
 
 # ------------------------------------------------------------------------------------------ generate
@@ -303,6 +344,7 @@ def generate(
     png: bool = False,
     png_fn: Optional[Callable[[Tensor, Path], None]] = None,
     progress: Union[bool, Callable[[str], None]] = True,
+    noise: str = "philox",
 ) -> GenerateResult:
     r"""Generate the sample of every seed into ``out_dir``, sharded over ``torch.distributed`` ranks.
 
@@ -326,6 +368,10 @@ def generate(
         png, png_fn: also write ``batch-<k>.png`` per batch with ``png_fn(samples, path)``
             (default: an image grid for ``(C, H, W)`` samples, a scatter plot otherwise).
         progress: print one line per finished batch on rank 0 (or a callable taking the line).
+        noise: the per-sample streams, ``method`` of :class:`~sdesolve_gen.seeds.SeedStreams`:
+            ``"philox"`` (default) or ``"generator"`` (the scheme of directories written before
+            the default changed; their manifests have no ``noise`` entry and read as
+            ``"generator"``, so resume them with ``noise="generator"``).
 
     Returns:
         :class:`GenerateResult` of this rank.
@@ -339,6 +385,8 @@ def generate(
 
     spec = SAMPLERS[sampler]
     seed_list = parse_seeds(seeds)
+    if noise not in METHODS:
+        raise ValueError(f"noise must be one of {METHODS}, got {noise!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     shape = tuple(int(s) for s in shape)
@@ -359,7 +407,7 @@ def generate(
         "format": _FORMAT, "sampler": spec.name, "sampler_kwargs": _jsonable(sampler_kwargs), "denoise": bool(denoise),
         "grid": ts.tolist(), "sde": repr(sde), "model": _jsonable(model_info), "shape": list(shape),
         "dtype": str(dtype), "batch_size": batch_size, "seeds": format_seeds(seed_list),
-        "model_kwargs": _jsonable(model_kwargs),
+        "model_kwargs": _jsonable(model_kwargs), "noise": noise,
     }
     man = json.loads(json.dumps(man))  # what a re-read would see (tuples -> lists, float repr round trip)
     out = Path(out_dir)
@@ -378,36 +426,38 @@ def generate(
         say = progress if callable(progress) else (lambda line: print(line, file=sys.stdout, flush=True))
     n_batches = -(-len(seed_list) // batch_size)
     res = GenerateResult(out, rank, world, n_batches, batches=list(range(rank, n_batches, world)))
-    start = _time.perf_counter()
-    for done, k in enumerate(res.batches, 1):
-        chunk = seed_list[k * batch_size:(k + 1) * batch_size]
-        path = batch_path(out, k)
-        got = _read_batch(path) if path.exists() else None
-        if got is not None and got[1].tolist() == chunk and tuple(got[0].shape) == (len(chunk), *shape):
-            res.skipped.append(k)
-            continue
-        streams = SeedStreams(chunk)
-        x_T = sde.prior_sample((len(chunk), *shape), generator=streams, dtype=dtype)
-        kwargs = dict(sampler_kwargs)
-        if denoise:
-            kwargs["denoise"] = True
-        if model_kwargs is not None:
-            kwargs["model_kwargs"] = model_kwargs(torch.tensor(chunk)) if callable(model_kwargs) else model_kwargs
-        x = spec(sde, score_fn, x_T, ts, generator=streams, **kwargs).x.detach().to(dtype).cpu()
-        if png:
-            _write_png(x, path.with_suffix(".png"), png_fn)
-        atomic_write_bytes(_npz_bytes({"samples": x.numpy(), "seeds": np.asarray(chunk, dtype=np.int64)}), path)
-        res.written.append(k)
-        res.n_samples += len(chunk)
-        if say is not None:
-            el = _time.perf_counter() - start
-            say(f"generate: rank 0 batch {k} ({done}/{len(res.batches)} of rank 0's, {len(res.skipped)} already on "
-                f"disk), {res.n_samples / el:.1f} samples/s on rank 0, world size {world}")
-    res.wall_time = _time.perf_counter() - start
-    if on:
-        import torch.distributed as dist
+    watch = _LauncherWatch() if on and _launched_by_torchrun() else contextlib.nullcontext()
+    with watch:
+        start = _time.perf_counter()
+        for done, k in enumerate(res.batches, 1):
+            chunk = seed_list[k * batch_size:(k + 1) * batch_size]
+            path = batch_path(out, k)
+            got = _read_batch(path) if path.exists() else None
+            if got is not None and got[1].tolist() == chunk and tuple(got[0].shape) == (len(chunk), *shape):
+                res.skipped.append(k)
+                continue
+            streams = SeedStreams(chunk, method=noise)
+            x_T = sde.prior_sample((len(chunk), *shape), generator=streams, dtype=dtype)
+            kwargs = dict(sampler_kwargs)
+            if denoise:
+                kwargs["denoise"] = True
+            if model_kwargs is not None:
+                kwargs["model_kwargs"] = model_kwargs(torch.tensor(chunk)) if callable(model_kwargs) else model_kwargs
+            x = spec(sde, score_fn, x_T, ts, generator=streams, **kwargs).x.detach().to(dtype).cpu()
+            if png:
+                _write_png(x, path.with_suffix(".png"), png_fn)
+            atomic_write_bytes(_npz_bytes({"samples": x.numpy(), "seeds": np.asarray(chunk, dtype=np.int64)}), path)
+            res.written.append(k)
+            res.n_samples += len(chunk)
+            if say is not None:
+                el = _time.perf_counter() - start
+                say(f"generate: rank 0 batch {k} ({done}/{len(res.batches)} of rank 0's, {len(res.skipped)} already on "
+                    f"disk), {res.n_samples / el:.1f} samples/s on rank 0, world size {world}")
+        res.wall_time = _time.perf_counter() - start
+        if on:
+            import torch.distributed as dist
 
-        dist.barrier()
+            dist.barrier()
     return res
 
 
@@ -442,13 +492,17 @@ def _write_png(x: Tensor, path: Path, png_fn: Optional[Callable[[Tensor, Path], 
 
 @dataclass
 class EvalResult:
-    """A gathered summary of an output directory (the same on every rank).
+    """A gathered summary of an output directory (the same on every rank, equal to one process's).
 
     Attributes:
         n: samples scored; ``missing``: batches not on disk (or unreadable, or with wrong seeds).
         mean, stderr: of the per-sample score (``nan`` without ``score``); ``n_nonfinite`` samples
             with a non-finite score are left out of both.
         histogram: counts per label ``0 .. n_labels-1`` (``None`` without ``label_fn``).
+        seeds: ``(n,)`` seeds of the scored samples, in the manifest's order.
+        scores, labels: ``(n,)`` per-sample score / label in that order (``None`` without them).
+        likelihood: the :class:`~sdesolve_gen.likelihood.DatasetLikelihood` (bits/dim) of the
+            samples under ``likelihood_model`` (``None`` without it).
     """
 
     n: int
@@ -457,6 +511,24 @@ class EvalResult:
     stderr: float
     n_nonfinite: int = 0
     histogram: Optional[List[int]] = None
+    seeds: Optional[Tensor] = None
+    scores: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
+    likelihood: Any = None
+
+
+class _DirBatches:
+    """The batches of a complete output directory as float64 tensors, batch ``k`` = file ``k``."""
+
+    def __init__(self, out_dir: Path, n_batches: int) -> None:
+        self.out_dir, self.n_batches = out_dir, n_batches
+
+    def __iter__(self) -> Any:
+        for k in range(self.n_batches):
+            got = _read_batch(batch_path(self.out_dir, k))
+            if got is None:  # checked before; a file removed meanwhile
+                raise FileNotFoundError(f"{batch_path(self.out_dir, k)}: batch {k} vanished during evaluate")
+            yield torch.from_numpy(got[0]).double()
 
 
 def evaluate(
@@ -465,47 +537,120 @@ def evaluate(
     score: Optional[Callable[[Tensor], Tensor]] = None,
     label_fn: Optional[Callable[[Tensor], Tensor]] = None,
     n_labels: int = 10,
+    likelihood_model: Optional[Tuple[Any, Any]] = None,
+    likelihood_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> EvalResult:
-    """Summarise a :func:`generate` directory, sharded over ``torch.distributed`` ranks and gathered.
+    r"""Summarise a :func:`generate` directory, sharded over ``torch.distributed`` ranks and gathered.
 
-    Batch ``k`` is read by rank ``k mod world_size``; every rank returns the same summary.
+    Batch ``k`` is scored by rank ``k mod world_size``; the per-sample results are gathered
+    (``all_gather_object``, works with gloo) into the manifest's order and summarised there, so
+    every rank returns exactly (bit for bit) what one process returns.
 
     Args:
         out_dir: a directory written by :func:`generate`.
         score: per-sample score of a ``(n, *shape)`` float64 batch, shape ``(n,)`` (e.g. the
             exact log-density ``target.log_prob`` of toy data).
-        label_fn: integer labels in ``[0, n_labels)`` of a batch (e.g. a classifier's classes).
+        label_fn: integer labels in ``[0, n_labels)`` of a float64 batch (e.g. a classifier's classes).
         n_labels: histogram size.
+        likelihood_model: ``(sde, score_fn)``: also the data-set bits/dim of the samples under
+            this model, by :func:`~sdesolve_gen.likelihood.dataset_log_likelihood` with one
+            likelihood batch per batch file (probes of batch ``k`` seeded ``seed + k``; sharded the
+            same way). The samples are passed as float64: ``score_fn`` must accept float64.
+            Needs every batch on disk.
+        likelihood_kwargs: keyword arguments of ``dataset_log_likelihood`` (``seed``,
+            ``data_range``, ``divergence``, ``rtol``, ...; not ``batch_size``).
+
+    Raises:
+        FileNotFoundError: with ``likelihood_model`` if a batch is missing (its bits/dim would
+            cover another set of samples than the directory's).
+        ValueError: naming ``likelihood_model`` / ``likelihood_kwargs`` / ``n_labels`` for bad values.
     """
     man = _read_manifest(Path(out_dir))
+    if isinstance(n_labels, bool) or not isinstance(n_labels, int) or n_labels < 1:
+        raise ValueError(f"n_labels must be an int >= 1, got {n_labels!r}")
+    if likelihood_model is not None and (not isinstance(likelihood_model, (tuple, list)) or len(likelihood_model) != 2):
+        raise ValueError("likelihood_model must be a pair (sde, score_fn)")
+    lk_kwargs = dict(likelihood_kwargs or {})
+    if "batch_size" in lk_kwargs:
+        raise ValueError("likelihood_kwargs: batch_size is the directory's (one likelihood batch per file); "
+                         "do not pass it")
     seed_list = parse_seeds(man["seeds"])
     bs = int(man["batch_size"])
     on, rank, world = _dist()
     n_b = -(-len(seed_list) // bs)
-    acc = torch.zeros(5 + n_labels, dtype=torch.float64)  # n, missing, sum, sum sq, nonfinite, hist
+    watch = _LauncherWatch() if on and _launched_by_torchrun() else contextlib.nullcontext()
+    with watch:  # under torchrun: stop when the launcher is killed (as generate does)
+        allb = _evaluate_batches(out_dir, seed_list, bs, n_b, on, rank, world, score, label_fn)
+        res = _summarise(allb, score is not None, label_fn is not None, n_labels)
+        if likelihood_model is not None:
+            res.likelihood = _bits_per_dim(out_dir, allb, n_b, bs, on, likelihood_model, lk_kwargs)
+    return res
+
+
+def _evaluate_batches(out_dir: Any, seed_list: List[int], bs: int, n_b: int, on: bool, rank: int, world: int,
+                      score: Optional[Callable[[Tensor], Tensor]], label_fn: Optional[Callable[[Tensor], Tensor]],
+                      ) -> List[Tuple[int, Optional[Dict[str, Any]]]]:
+    """This rank's batches scored, gathered from every rank: ``[(k, part or None if missing)]`` in batch order."""
+    mine: List[Tuple[int, Optional[Dict[str, Any]]]] = []
     for k in range(rank, n_b, world):
         got = _read_batch(batch_path(out_dir, k))
         if got is None or got[1].tolist() != seed_list[k * bs:(k + 1) * bs]:
-            acc[1] += 1
+            mine.append((k, None))
             continue
         x = torch.from_numpy(got[0]).double()
-        acc[0] += x.shape[0]
+        part: Dict[str, Any] = {"seeds": torch.from_numpy(got[1]).long()}
         if score is not None:
-            v = score(x).double().reshape(-1)
-            fin = torch.isfinite(v)
-            acc[2] += v[fin].sum()
-            acc[3] += v[fin].pow(2).sum()
-            acc[4] += (~fin).sum()
+            part["scores"] = score(x).detach().double().reshape(-1).cpu()
         if label_fn is not None:
-            lab = torch.as_tensor(label_fn(x)).long().reshape(-1)
-            acc[5:] += torch.bincount(lab.clamp(0, n_labels - 1), minlength=n_labels)[:n_labels].double()
+            part["labels"] = torch.as_tensor(label_fn(x)).long().reshape(-1).cpu()
+        mine.append((k, part))
     if on:
         import torch.distributed as dist
 
-        dist.all_reduce(acc)
-    n, nf = int(acc[0]), int(acc[4])
-    m = n - nf
-    mean = float(acc[2] / m) if score is not None and m > 0 else float("nan")
-    var = float(acc[3] / m - mean * mean) * m / (m - 1) if score is not None and m > 1 else float("nan")
-    return EvalResult(n=n, missing=int(acc[1]), mean=mean, stderr=(max(var, 0.0) / m) ** 0.5 if m > 1 else float("nan"),
-                      n_nonfinite=nf, histogram=[int(c) for c in acc[5:]] if label_fn is not None else None)
+        gathered: List[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        allb = sorted((kb for p in gathered for kb in p), key=lambda kb: kb[0])
+    else:
+        allb = mine
+    return allb
+
+
+def _summarise(allb: List[Tuple[int, Optional[Dict[str, Any]]]], has_score: bool, has_labels: bool,
+               n_labels: int) -> EvalResult:
+    """The :class:`EvalResult` of the gathered batches (no likelihood)."""
+    parts = [p for _, p in allb if p is not None]
+    missing = sum(p is None for _, p in allb)
+    empty_l = torch.zeros(0, dtype=torch.long)
+    seeds_t = torch.cat([p["seeds"] for p in parts]) if parts else empty_l
+    n = int(seeds_t.numel())
+    res = EvalResult(n=n, missing=missing, mean=float("nan"), stderr=float("nan"), seeds=seeds_t)
+    if has_score:
+        v = torch.cat([p["scores"] for p in parts]) if parts else torch.zeros(0, dtype=torch.float64)
+        fin = torch.isfinite(v)
+        vf = v[fin]
+        m = int(vf.numel())
+        res.scores, res.n_nonfinite = v, n - m
+        if m > 0:
+            res.mean = float(vf.mean())
+        if m > 1:
+            res.stderr = float(vf.std()) / m ** 0.5
+    if has_labels:
+        lab = torch.cat([p["labels"] for p in parts]) if parts else empty_l
+        res.labels = lab
+        res.histogram = [int(c) for c in torch.bincount(lab.clamp(0, n_labels - 1), minlength=n_labels)[:n_labels]]
+    return res
+
+
+def _bits_per_dim(out_dir: Any, allb: List[Tuple[int, Optional[Dict[str, Any]]]], n_b: int, bs: int, on: bool,
+                  likelihood_model: Tuple[Any, Any], lk_kwargs: Dict[str, Any]) -> Any:
+    """``dataset_log_likelihood`` of a complete directory, one likelihood batch per file."""
+    missing = sum(p is None for _, p in allb)
+    if missing:
+        first = next(k for k, p in allb if p is None)
+        raise FileNotFoundError(f"{batch_path(out_dir, first)}: batch {first} is missing or unreadable: the bits/dim "
+                                f"of likelihood_model needs every batch ({missing} of {n_b} missing)")
+    from .likelihood import dataset_log_likelihood
+
+    sde, score_fn = likelihood_model
+    return dataset_log_likelihood(sde, score_fn, _DirBatches(Path(out_dir), n_b), batch_size=bs, distributed=on,
+                                  **lk_kwargs)

@@ -1,6 +1,8 @@
 """Per-sample seeds (SeedStreams), sharded restartable generation and its evaluation."""
 
+import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,17 @@ from _torchrun import run_two_ranks
 
 import sdesolve_gen as sg
 from sdesolve_gen import cli
-from sdesolve_gen.generate import OutputDirError, batch_path, evaluate, format_seeds, generate, load_samples, parse_seeds
+from sdesolve_gen.generate import (
+    MANIFEST,
+    OutputDirError,
+    batch_path,
+    evaluate,
+    format_seeds,
+    generate,
+    load_samples,
+    parse_seeds,
+    state_digest,
+)
 from sdesolve_gen.nets import MLPScoreNet
 from sdesolve_gen.samplers import SAMPLERS
 from sdesolve_gen.seeds import SeedStreams
@@ -84,8 +96,8 @@ def test_seed_streams_errors_and_plain_generator_unchanged():
         SAMPLERS["euler_maruyama"](sde, model, torch.zeros(3, 2), ts, generator=7)
     with pytest.raises(ValueError, match="seeds"):
         SeedStreams([])
-    # one stream = one manual_seed'ed generator drawn per sample
-    st = SeedStreams([5, 9])
+    # method="generator": one stream = one manual_seed'ed generator drawn per sample
+    st = SeedStreams([5, 9], method="generator")
     z = st.randn((2, 3))
     assert torch.equal(z[1], torch.randn(3, generator=torch.Generator().manual_seed(9)))
     # a plain generator draws exactly as before: one randn of the batch's shape per step
@@ -125,7 +137,10 @@ def test_generate_refuses_bad_input_and_foreign_dirs(tmp_path):
     # another sampler / another model / another grid / other seeds: refused naming out_dir and the argument
     with pytest.raises(OutputDirError, match=r"out_dir.*sampler='ancestral'.*argument sampler"):
         generate(sde, model, "ancestral", "0-5", tmp_path / "a", **kw)
-    other = sg.ScoreModel(MLPScoreNet(2, hidden=32, depth=2), sde, "eps")
+    with torch.random.fork_rng():  # not the global generator: its state depends on the tests run before
+        torch.manual_seed(1)
+        other = sg.ScoreModel(MLPScoreNet(2, hidden=32, depth=2), sde, "eps")
+    assert state_digest(other) != state_digest(model)
     with pytest.raises(OutputDirError, match=r"out_dir.*argument model_info"):
         generate(sde, other, "euler_maruyama", "0-5", tmp_path / "a", **kw)
     with pytest.raises(OutputDirError, match=r"out_dir.*argument steps/ts"):
@@ -139,6 +154,32 @@ def test_generate_refuses_bad_input_and_foreign_dirs(tmp_path):
         generate(sde, model, "euler_maruyama", "0-5", tmp_path / "b", **kw)
     with pytest.raises(ValueError, match="batch_size"):
         generate(sde, model, "euler_maruyama", "0-5", tmp_path / "c", **{**kw, "batch_size": 0})
+    with pytest.raises(OutputDirError, match=r"out_dir.*noise='generator'.*argument noise"):
+        generate(sde, model, "euler_maruyama", "0-5", tmp_path / "a", **{**kw, "noise": "generator"})
+    with pytest.raises(ValueError, match="noise"):
+        generate(sde, model, "euler_maruyama", "0-5", tmp_path / "d", **{**kw, "noise": "mt"})
+
+
+def test_old_manifest_without_noise_resumes_as_generator(tmp_path):
+    """Directories written before the noise scheme was recorded used one torch.Generator per sample."""
+    import json
+
+    sde, model = tiny_model()
+    kw = dict(batch_size=4, shape=(2,), steps=3, progress=False)
+    generate(sde, model, "euler_maruyama", "0-5", tmp_path / "a", noise="generator", **kw)
+    man = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    del man["noise"]
+    (tmp_path / "a" / MANIFEST).write_text(json.dumps(man))
+    batch_path(tmp_path / "a", 1).unlink()
+    res = generate(sde, model, "euler_maruyama", "0-5", tmp_path / "a", noise="generator", **kw)
+    assert res.skipped == [0] and res.written == [1]
+    with pytest.raises(OutputDirError, match="argument noise"):
+        generate(sde, model, "euler_maruyama", "0-5", tmp_path / "a", **kw)
+    ref = generate(sde, model, "euler_maruyama", "0-5", tmp_path / "philox", **kw)
+    assert ref.written == [0, 1]
+    x_gen, _ = load_samples(tmp_path / "a")
+    x_phi, _ = load_samples(tmp_path / "philox")
+    assert not torch.equal(x_gen, x_phi)  # the two schemes draw different noise
 
 
 # ---------------------------------------------------------------------------------- CLI: checkpoint, kill -9
@@ -168,10 +209,18 @@ def test_cli_bad_input(ckpt, tmp_path, capsys):
     assert "argument --out" in err and "sampler='euler_maruyama'" in err
     ev = cli.main(["evaluate", out])
     assert ev == 0 and "6 samples" in capsys.readouterr().out
+    assert cli.main(["evaluate", out, "--bpd", str(ckpt), "--rtol", "1e-3", "--atol", "1e-3"]) == 0
+    assert "bits/dim of the samples under the checkpoint's model" in capsys.readouterr().out
+    other = tmp_path / "other_ckpt"
+    shutil.copytree(ckpt, other)
+    with open(other / "checkpoint.pt", "ab") as f:
+        f.write(b"x")
+    assert cli.main(["evaluate", out, "--bpd", str(other)]) == 2
+    assert "argument --bpd" in capsys.readouterr().err
 
 
 def test_kill_and_restart_loses_and_duplicates_nothing(ckpt, tmp_path):
-    args = ["sample", str(ckpt), "--seeds", "0-39", "--batch", "4", "--steps", "150"]
+    args = ["sample", str(ckpt), "--seeds", "0-39", "--batch", "4", "--steps", "60"]
     ref = tmp_path / "ref"
     assert cli.main([*args, "--out", str(ref)]) == 0  # uninterrupted, in this process
     out = tmp_path / "killed"
@@ -196,12 +245,100 @@ def test_kill_and_restart_loses_and_duplicates_nothing(ckpt, tmp_path):
     assert seeds.tolist() == list(range(40))
 
 
+def _children(pid):
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux) to find the torchrun workers")
+def test_kill_torchrun_launcher_kills_workers_and_restart_completes(ckpt, tmp_path, capsys):
+    args = ["sample", str(ckpt), "--seeds", "0-39", "--batch", "4", "--steps", "60"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+                "sdesolve_gen.cli"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*torchrun, *args, "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workers = []
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("batch-*.npz"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        workers = workers or [w for w in _children(proc.pid) if _alive(w)]
+        time.sleep(0.01)
+    workers = workers or _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher only
+    _, stderr = proc.communicate()
+    assert len(workers) == 2, (workers, stderr[-2000:])
+    gone_by = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "torchrun workers outlived their killed launcher"
+    before = {p.name: p.stat().st_ino for p in out.glob("batch-*.npz")}
+    assert 2 <= len(before) < 10, sorted(before)  # killed mid-run
+    capsys.readouterr()
+    # restart in this process (1 rank; the files do not depend on the number of ranks): no second
+    # torchrun start-up, which costs most of this test's time
+    assert cli.main([*args, "--out", str(out)]) == 0
+    assert f"{10 - len(before)} generated, {len(before)} already on disk" in capsys.readouterr().out
+    ref = tmp_path / "ref"
+    assert cli.main([*args, "--out", str(ref)]) == 0  # uninterrupted, one process (== 2 ranks, byte for byte)
+    names = sorted(p.name for p in out.iterdir())  # no stray temporary files, every batch once
+    assert names == sorted(p.name for p in ref.iterdir()) == sorted(
+        ["manifest.json"] + [f"batch-{k:06d}.npz" for k in range(10)])
+    for name in names:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    for name, ino in before.items():  # batches finished before the kill were not redone
+        assert (out / name).stat().st_ino == ino, name
+    _, seeds = load_samples(out)
+    assert seeds.tolist() == list(range(40))
+
+
 # ---------------------------------------------------------------------------------- torchrun: 1 vs 2 ranks, batch 7 vs 16
 
 
+def EVAL_KW(sde, model):
+    """What the 2-rank worker and the 1-process run evaluate: a score, labels, bits/dim."""
+    return dict(score=lambda x: -x.pow(2).sum(1), label_fn=lambda x: (x[:, 0] > 0).long() + (x[:, 1] > 0).long(),
+                n_labels=3, likelihood_model=(sde, copy.deepcopy(model).double()),
+                likelihood_kwargs=dict(rtol=1e-4, atol=1e-4, divergence="exact"))
+
+
+def eval_summary(ev):
+    """Everything an EvalResult holds, as plain values and tensors (for torch.save)."""
+    lk = ev.likelihood
+    return {"n": ev.n, "missing": ev.missing, "mean": ev.mean, "stderr": ev.stderr, "histogram": ev.histogram,
+            "seeds": ev.seeds, "scores": ev.scores, "labels": ev.labels, "log_prob": lk.log_prob,
+            "bpd": lk.bits_per_dim, "mean_bpd": lk.mean_bpd, "data_stderr": lk.data_stderr, "nfe": lk.nfe}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
 def test_two_ranks_equal_one_rank_and_batch_size_free(tmp_path):
-    r0, r1 = run_two_ranks("_generate_worker.py", tmp_path, timeout=120)
-    assert r0["world"] == r1["world"] == 2
+    r0, r1 = run_two_ranks("_generate_worker.py", tmp_path, timeout=240)
+    assert r0["world"] == r1["world"] == 2 and r0["lik_world"] == 2
     assert r0["batches"] == [0, 2, 4] and r1["batches"] == [1, 3, 5]  # 41 seeds in batches of 7
     sde, model = tiny_model()
     one = generate(sde, model, "euler_maruyama", SEEDS, tmp_path / "one", batch_size=7, shape=(2,), steps=30,
@@ -213,13 +350,19 @@ def test_two_ranks_equal_one_rank_and_batch_size_free(tmp_path):
     x7, s7 = load_samples(tmp_path / "two")
     x16, s16 = load_samples(tmp_path / "b16")
     assert torch.equal(s7, s16) and torch.equal(x7, x16)
-    ev = evaluate(tmp_path / "one", score=lambda x: -x.pow(2).sum(1))
-    assert r0["eval"] == r1["eval"]
-    assert r0["eval"][:2] == [41, 0]  # gathered over 2 ranks == one process (sums in another order: 1e-12 relative)
-    assert r0["eval"][2] == pytest.approx(ev.mean, rel=1e-12) and r0["eval"][3] == pytest.approx(ev.stderr, rel=1e-12)
+    # evaluation: gathered over 2 ranks == one process, bit for bit (score, labels, bits/dim)
+    ev = evaluate(tmp_path / "one", **EVAL_KW(sde, model))
+    _same(r0["eval"], r1["eval"])
+    _same(r0["eval"], eval_summary(ev))
+    assert ev.n == 41 and ev.missing == 0 and torch.equal(ev.seeds, s7)
     direct = -x7.double().pow(2).sum(1)
-    assert ev.mean == pytest.approx(float(direct.mean()), rel=1e-12)
-    assert ev.stderr == pytest.approx(float(direct.std()) / 41 ** 0.5, rel=1e-9)
+    assert torch.equal(ev.scores, direct) and ev.mean == float(direct.mean())
+    assert ev.stderr == pytest.approx(float(direct.std()) / 41 ** 0.5, rel=1e-12)
+    assert ev.histogram == torch.bincount((x7[:, 0] > 0).long() + (x7[:, 1] > 0).long(), minlength=3).tolist()
+    # bits/dim == dataset_log_likelihood of the loaded samples in the directory's batches
+    lk = sg.dataset_log_likelihood(sde, copy.deepcopy(model).double(), x7.double(), batch_size=7, rtol=1e-4,
+                                   atol=1e-4, divergence="exact")
+    assert torch.equal(lk.log_prob, ev.likelihood.log_prob) and lk.mean_bpd == ev.likelihood.mean_bpd
 
 
 def test_evaluate_counts_missing_batches(tmp_path):
@@ -230,3 +373,9 @@ def test_evaluate_counts_missing_batches(tmp_path):
     assert ev.missing == 1 and ev.n == 6 and sum(ev.histogram) == 6
     with pytest.raises(FileNotFoundError, match="batch 1"):
         load_samples(tmp_path / "d")
+    with pytest.raises(FileNotFoundError, match="batch 1.*likelihood_model needs every batch"):
+        evaluate(tmp_path / "d", likelihood_model=(sde, model))
+    with pytest.raises(ValueError, match="likelihood_kwargs"):
+        evaluate(tmp_path / "d", likelihood_model=(sde, model), likelihood_kwargs={"batch_size": 3})
+    with pytest.raises(ValueError, match="likelihood_model"):
+        evaluate(tmp_path / "d", likelihood_model=model)
