@@ -22,7 +22,7 @@ EDM, SA-Solver), :mod:`~sdesolve_gen.samplers.adaptive_exp` (adaptive DPM-Solver
 """
 
 from ._run import Run, tweedie_denoise, tweedie_x0
-from .adaptive_exp import dpm_solver_adaptive
+from .adaptive_exp import dpm_solver_adaptive, dpm_solver_adaptive_multistep
 from .calibrate import CalibratedGrid, calibrate_timesteps, trajectory_rmse
 from .inpaint import INPAINT_SAMPLERS, inpaint
 from .langevin import annealed_langevin, corrector_alpha, langevin_step, predictor_corrector
@@ -59,6 +59,7 @@ __all__ = [
     "unipc",
     "deis",
     "dpm_solver_adaptive",
+    "dpm_solver_adaptive_multistep",
     "dpm_solver_pp_2m_sde",
     "edm_sde",
     "sa_solver",

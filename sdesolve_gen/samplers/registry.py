@@ -27,7 +27,7 @@ import torch
 from ..integrate import timesteps
 from ..sde import LinearSDE
 from ..solution import Solution
-from .adaptive_exp import dpm_solver_adaptive
+from .adaptive_exp import dpm_solver_adaptive, dpm_solver_adaptive_multistep
 from .langevin import annealed_langevin, predictor_corrector
 from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
@@ -195,6 +195,9 @@ SAMPLERS = Registry([
                 kwargs=MappingProxyType({"order": 3}), summary="DEIS-tAB3 (Lagrange eps in log-SNR)"),
     SamplerSpec("dpm_solver_adaptive", dpm_solver_adaptive, stochastic=False, order=3, nfe_per_step=None, adaptive=True,
                 grid="logsnr", summary="adaptive DPM-Solver++-23 in log-SNR, per-sample error control"),
+    SamplerSpec("dpm_solver_adaptive_ms", dpm_solver_adaptive_multistep, stochastic=False, order=3, nfe_per_step=None,
+                adaptive=True, grid="logsnr",
+                summary="adaptive exponential multistep PECE in log-SNR (2M predictor, quadratic corrector), 1 NFE per step"),
     # Stochastic few-step samplers: declared weak order 1 (what is guaranteed; not measured here).
     SamplerSpec("dpm_solver_pp_2m_sde", dpm_solver_pp_2m_sde, stochastic=True, order=1, nfe_per_step=1, grid="logsnr",
                 summary="DPM-Solver++(2M) SDE (midpoint, eta=1)"),
