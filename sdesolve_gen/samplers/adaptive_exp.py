@@ -155,7 +155,7 @@ def dpm_solver_adaptive(
             fac = theta * E ** (-0.7 / order) * e_prev ** (0.4 / order)
         else:
             fac = theta * E ** (-1.0 / order)
-        fac = min(1.0 if just_rejected else max_factor, max(0.2, fac))
+        fac = min(1.0 if just_rejected and controller == "pi" else max_factor, max(0.2, fac))
         if E <= 1.0:
             e_prev, just_rejected = E, False
         else:
