@@ -26,7 +26,7 @@ from .adaptive_exp import dpm_solver_adaptive, dpm_solver_adaptive_multistep
 from .calibrate import CalibratedGrid, calibrate_timesteps, trajectory_rmse
 from .inpaint import INPAINT_SAMPLERS, inpaint
 from .langevin import annealed_langevin, corrector_alpha, langevin_step, predictor_corrector
-from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
+from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, ipndm, unipc
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .registry import SAMPLERS, Registry, SamplerSpec, get_sampler
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
@@ -58,6 +58,7 @@ __all__ = [
     "dpm_solver_pp_2s",
     "unipc",
     "deis",
+    "ipndm",
     "dpm_solver_adaptive",
     "dpm_solver_adaptive_multistep",
     "dpm_solver_pp_2m_sde",
