@@ -22,11 +22,11 @@ EDM, SA-Solver), :mod:`~sdesolve_gen.samplers.adaptive_exp` (adaptive DPM-Solver
 """
 
 from ._run import Run, tweedie_denoise, tweedie_x0
-from .adaptive_exp import dpm_solver_adaptive
+from .adaptive_exp import dpm_solver_adaptive, dpm_solver_adaptive_multistep
 from .calibrate import CalibratedGrid, calibrate_timesteps, trajectory_rmse
 from .inpaint import INPAINT_SAMPLERS, inpaint
 from .langevin import annealed_langevin, corrector_alpha, langevin_step, predictor_corrector
-from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
+from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, ipndm, unipc
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .registry import SAMPLERS, Registry, SamplerSpec, get_sampler
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
@@ -58,7 +58,9 @@ __all__ = [
     "dpm_solver_pp_2s",
     "unipc",
     "deis",
+    "ipndm",
     "dpm_solver_adaptive",
+    "dpm_solver_adaptive_multistep",
     "dpm_solver_pp_2m_sde",
     "edm_sde",
     "sa_solver",

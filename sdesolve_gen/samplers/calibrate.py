@@ -10,7 +10,7 @@ sampler's grid to minimise the sampler's error against them:
     \qquad \lambda_k(u) = \lambda_T + (\lambda_\varepsilon - \lambda_T)\sum_{j\le k}\mathrm{softmax}(u)_j ,
 
 so the end points stay at ``T`` and ``eps`` and the grid stays strictly decreasing in ``t``. The
-start is the uniform log-SNR grid (:math:`u = 0`); the optimiser is scipy's derivative-free
+start is the uniform log-SNR grid (:math:`u = 0`) or the best of several named grids; the optimiser is scipy's derivative-free
 Powell method (scipy is imported lazily; it is an optional dependency).
 
 The result is a float64 tensor of times, exactly like :func:`~sdesolve_gen.integrate.timesteps`;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -63,8 +63,8 @@ class CalibratedGrid:
         ts: the grid, float64 ``(steps + 1,)``, decreasing from ``T`` to ``eps`` (save it with
             ``torch.save(result.ts, path)`` and pass it to the sampler).
         sampler: the registered sampler name it was calibrated for; ``nfe`` its budget, ``steps`` = ``len(ts) - 1``.
-        error_start, error_calibrated: calibration-set trajectory RMSE on the start (uniform log-SNR)
-            grid and on ``ts``.
+        error_start, error_calibrated: calibration-set trajectory RMSE on the start grid (the best
+            of ``start``) and on ``ts``.
         nfe_reference, nfe_search, nfe_total: batched score calls on the calibration batch (the
             reference's are dopri5's); ``evaluations``: objective evaluations; ``seconds``: wall time.
     """
@@ -85,7 +85,7 @@ class CalibratedGrid:
 def calibrate_timesteps(
     sde: LinearSDE, score_fn: Any, sampler_name: str, nfe: int, x_T_calib: Tensor, *,
     ref: Optional[Tensor] = None, max_evals: int = 400, eps: Optional[float] = None,
-    registry: Any = None,
+    registry: Any = None, start: Union[str, Sequence[str]] = "logsnr",
 ) -> CalibratedGrid:
     r"""Optimise the grid of registered sampler ``sampler_name`` at ``nfe`` evaluations.
 
@@ -98,13 +98,17 @@ def calibrate_timesteps(
         max_evals: cap on objective evaluations (each is one sampler run on the batch).
         eps: final time (default ``sde.eps``; only ``sde.eps`` is supported).
         registry: the sampler registry (default :data:`~sdesolve_gen.samplers.SAMPLERS`).
+        start: the grid kind(s) of :func:`~sdesolve_gen.integrate.timesteps` to start from
+            (default ``"logsnr"``, the uniform log-SNR grid); with several (e.g. ``("logsnr", "edm")``)
+            each is evaluated once and the search starts from the best on the calibration set.
 
     Returns:
         a :class:`CalibratedGrid`: the grid ``.ts`` (float64, ``n + 1`` decreasing times from ``T``
         to ``eps``), its calibration errors and what the calibration cost.
 
     Raises:
-        ValueError: for a stochastic or adaptive sampler, or ``eps`` other than ``sde.eps``.
+        ValueError: for a stochastic or adaptive sampler, ``eps`` other than ``sde.eps``, or an
+            empty ``start``.
     """
     try:
         from scipy.optimize import minimize
@@ -117,7 +121,10 @@ def calibrate_timesteps(
         raise ValueError(f"calibrate_timesteps needs a deterministic fixed-step sampler, got {sampler_name!r}")
     if eps is not None and eps != sde.eps:
         raise ValueError("calibrate_timesteps uses sde.eps as the final time")
-    start = time.perf_counter()
+    starts = (start,) if isinstance(start, str) else tuple(start)
+    if not starts or not all(isinstance(k, str) for k in starts):
+        raise ValueError(f"start must be a grid kind or a non-empty sequence of grid kinds, got {start!r}")
+    t_start = time.perf_counter()
     n = spec.steps_for(nfe)
     nfe_ref = 0
     if ref is None:
@@ -143,8 +150,19 @@ def calibrate_timesteps(
             return 1e10
         return trajectory_rmse(sol.x, ref, alpha_e)
 
-    u0 = torch.zeros(n, dtype=torch.float64)
-    err0 = objective(u0.numpy())
+    def u_of(kind: str) -> Tensor:
+        # softmax(u) = the start grid's log-SNR increments / their sum, so u = log(increments)
+        tk = timesteps(sde, n, kind=kind).to(torch.float64)
+        lam = sde.log_alpha(tk) - 0.5 * torch.log(sde.sigma2(tk))
+        inc = (lam[1:] - lam[:-1]).to(torch.float64)
+        if not bool((inc > 0).all()):
+            raise ValueError(f"start grid {kind!r} is not strictly increasing in log-SNR")
+        return torch.log(inc / inc.sum())
+
+    cands = [u_of(k) for k in starts]
+    errs = [objective(u.numpy()) for u in cands]
+    j = min(range(len(errs)), key=errs.__getitem__)
+    u0, err0 = cands[j], errs[j]
     res = minimize(objective, u0.numpy(), method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-4})
     u = torch.as_tensor(res.x, dtype=torch.float64)
     err_cal = objective(res.x)
@@ -153,5 +171,5 @@ def calibrate_timesteps(
     return CalibratedGrid(
         ts=_grid_of(sde, u, lam_T, lam_e), sampler=sampler_name, nfe=nfe, steps=n, error_start=err0,
         error_calibrated=err_cal, nfe_reference=nfe_ref, nfe_search=count["nfe"], nfe_total=nfe_ref + count["nfe"],
-        evaluations=count["evals"], seconds=time.perf_counter() - start,
+        evaluations=count["evals"], seconds=time.perf_counter() - t_start,
     )

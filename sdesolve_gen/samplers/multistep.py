@@ -28,6 +28,8 @@ Methods (papers; implementations written here from the formulas):
   DPM-Solver++ predictor (``predictor="dpmpp"``).
 * :func:`deis`: DEIS-tAB (Zhang & Chen 2023): Lagrange extrapolation of :math:`\hat\epsilon` in
   :math:`\lambda`, integrated exactly against :math:`e^{-\lambda}`.
+* :func:`ipndm`: iPNDM (same paper): DDIM steps in :math:`\rho = \sigma/\alpha` with fixed
+  Adams-Bashforth weights on :math:`\hat\epsilon`.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from .ode import _lambdas
 
 Tensor = torch.Tensor
 
-__all__ = ["dpm_solver_pp_3m", "dpm_solver_pp_2s", "unipc", "deis", "lagrange_exp_weights", "unipc_coefficients"]
+__all__ = ["dpm_solver_pp_3m", "dpm_solver_pp_2s", "unipc", "deis", "ipndm", "IPNDM_COEFFS", "lagrange_exp_weights", "unipc_coefficients"]
 
 
 def _check_order(order: int, top: int) -> None:
@@ -364,5 +366,53 @@ def deis(
             acc = acc + w[j] * es[-1 - j]
         denoised = (x - run.sigma[i] * e) / run.alpha[i] if run.callback is not None else None
         x = run.alpha[i + 1] * (x / run.alpha[i] - scale * acc)
+        run.done(i, x, denoised)
+    return run.finish(x, denoise, order=order)
+
+
+#: Adams-Bashforth coefficients of iPNDM, newest evaluation first (orders 1-4).
+IPNDM_COEFFS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def ipndm(
+    sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
+    denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
+    callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
+    order: int = 4,
+) -> Solution:
+    r"""iPNDM (Zhang & Chen 2023, the improved PNDM of the DEIS paper): one evaluation per step.
+
+    In :math:`y = x/\alpha` and :math:`\rho = \sigma/\alpha` the PF-ODE is
+    :math:`dy/d\rho = \hat\epsilon`; each step is the DDIM (Euler in :math:`\rho`) step with the
+    Adams-Bashforth combination of the last :math:`p` noise predictions (fixed coefficients
+    :data:`IPNDM_COEFFS`, lower order on the first steps):
+
+    .. math::
+
+        x_{i+1} = \alpha_{i+1}\Big[\frac{x_i}{\alpha_i} + (\rho_{i+1} - \rho_i)\sum_{j<p} c^{(p)}_j\hat\epsilon_{i-j}\Big],
+        \quad c^{(4)} = (55, -59, 37, -9)/24 .
+
+    The coefficients are those of steps equal in :math:`\rho`; on a grid whose :math:`\rho`-steps
+    vary smoothly (the EDM grid) the interpolation error is :math:`O(h^2)` per step, so the
+    method is declared order 2 (measured in the registry test), while on equal :math:`\rho`-steps
+    it is order ``p``.
+
+    Args:
+        order: 1..4 (default 4).
+    """
+    _check_order(order, 4)
+    run = Run(f"ipndm{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    x = run.x_T
+    es: List[Tensor] = []
+    for i in run.steps(progress):
+        e = -run.sigma[i] * run.score(x, i)
+        es = (es + [e])[-order:]
+        c = IPNDM_COEFFS[min(order, i + 1) - 1]
+        acc = c[0] * es[-1]
+        for j in range(1, len(c)):
+            acc = acc + c[j] * es[-1 - j]
+        drho = run.sigma[i + 1] / run.alpha[i + 1] - run.sigma[i] / run.alpha[i]
+        denoised = (x - run.sigma[i] * e) / run.alpha[i] if run.callback is not None else None
+        x = run.alpha[i + 1] * (x / run.alpha[i] + drho * acc)
         run.done(i, x, denoised)
     return run.finish(x, denoise, order=order)

@@ -27,9 +27,9 @@ import torch
 from ..integrate import timesteps
 from ..sde import LinearSDE
 from ..solution import Solution
-from .adaptive_exp import dpm_solver_adaptive
+from .adaptive_exp import dpm_solver_adaptive, dpm_solver_adaptive_multistep
 from .langevin import annealed_langevin, predictor_corrector
-from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, unipc
+from .multistep import deis, dpm_solver_pp_2s, dpm_solver_pp_3m, ipndm, unipc
 from .ode import dpm_solver, dpm_solver_pp_2m, heun, ode
 from .sde import adaptive_sde, ancestral, euler_maruyama, reverse_diffusion
 from .stochastic import dpm_solver_pp_2m_sde, edm_sde, sa_solver
@@ -193,8 +193,14 @@ SAMPLERS = Registry([
                 kwargs=MappingProxyType({"order": 2}), summary="DEIS-tAB2 (Lagrange eps in log-SNR)"),
     SamplerSpec("deis3", deis, stochastic=False, order=3, nfe_per_step=1, grid="logsnr",
                 kwargs=MappingProxyType({"order": 3}), summary="DEIS-tAB3 (Lagrange eps in log-SNR)"),
+    # iPNDM's fixed Adams-Bashforth weights assume equal rho-steps: order 2 on smoothly varying grids
+    SamplerSpec("ipndm", ipndm, stochastic=False, order=2, nfe_per_step=1, grid="edm",
+                kwargs=MappingProxyType({"order": 4}), summary="iPNDM-4 (DDIM in sigma/alpha, fixed AB4 weights on eps)"),
     SamplerSpec("dpm_solver_adaptive", dpm_solver_adaptive, stochastic=False, order=3, nfe_per_step=None, adaptive=True,
                 grid="logsnr", summary="adaptive DPM-Solver++-23 in log-SNR, per-sample error control"),
+    SamplerSpec("dpm_solver_adaptive_ms", dpm_solver_adaptive_multistep, stochastic=False, order=3, nfe_per_step=None,
+                adaptive=True, grid="logsnr",
+                summary="adaptive exponential multistep PECE in log-SNR (2M predictor, quadratic corrector), 1 NFE per step"),
     # Stochastic few-step samplers: declared weak order 1 (what is guaranteed; not measured here).
     SamplerSpec("dpm_solver_pp_2m_sde", dpm_solver_pp_2m_sde, stochastic=True, order=1, nfe_per_step=1, grid="logsnr",
                 summary="DPM-Solver++(2M) SDE (midpoint, eta=1)"),

@@ -1,0 +1,169 @@
+"""The adaptive exponential multistep PECE (``dpm_solver_adaptive_multistep``) and the controller
+options of ``dpm_solver_adaptive``: a hand-written recursion, NFE accounting, tolerance control,
+per-sample control, and the exact-mixture law with a wrong-score control."""
+
+import math
+
+import pytest
+import torch
+from _sampler_configs import F64, target
+
+import sdesolve_gen as sg
+from sdesolve_gen import samplers as S
+from sdesolve_gen.integrate import timesteps
+from sdesolve_gen.samplers import SAMPLERS
+
+_REF = {}
+
+
+def _problem():
+    if "vp" not in _REF:
+        sde, data = sg.VPSDE(), target()
+        x_T = data.prior(sde).sample(1000, generator=torch.Generator().manual_seed(0), dtype=F64)
+        ref = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
+        _REF["vp"] = (sde, data, x_T, ref)
+    return _REF["vp"]
+
+
+def _lam(sde, t):
+    t = torch.as_tensor(t, dtype=F64)
+    return float(sde.log_alpha(t) - 0.5 * torch.log(sde.sigma2(t)))
+
+
+def test_pece_reproduces_a_hand_written_recursion_on_its_own_nonuniform_grid():
+    """Replay the accepted log-SNR grid the solver chose (non-uniform) with an independent
+    recursion written from the formulas: 2M predictor (variable step), one evaluation, quadratic
+    corrector through (m_prev, m0, m1) integrated exactly; the first step is DPM-Solver++(1)
+    predictor with the linear corrector. Tolerance 1e-10 relative (float64 round-off)."""
+    sde, data = sg.VESDE(sigma_min=0.01, sigma_max=20.0), target()
+    score = data.score_fn(sde)
+    x_T = data.prior(sde).sample(64, generator=torch.Generator().manual_seed(5), dtype=F64)
+    sol = S.dpm_solver_adaptive_multistep(sde, score, x_T, timesteps(sde, 1), rtol=0.02, atol=0.02)
+    lams = sol.extra["lambdas"]
+    assert len(lams) >= 6 and sol.n_rejected >= 0
+    hs = [b - a for a, b in zip(lams, lams[1:])]
+    assert max(hs) / min(hs) > 1.5  # genuinely non-uniform
+
+    def coef(lam):
+        t = sde.t_of_lambda(torch.tensor([lam], dtype=F64)).clamp(sde.eps, sde.T)
+        return t, math.exp(float(sde.log_alpha(t))), math.sqrt(float(sde.sigma2(t)))
+
+    def x0(x, t, a, s):
+        return (x + s * s * score(x, t.expand(x.shape[0]))) / a
+
+    def replay(quad):
+        t0, a0, s0 = coef(lams[0])
+        x, m_prev, h_prev = x_T, None, None
+        m0 = x0(x, torch.tensor([sde.T], dtype=F64), a0, s0)
+        for j, h in enumerate(hs):
+            if j == len(hs) - 1:
+                te = torch.tensor([sde.eps], dtype=F64)
+                t1, a1, s1 = te, math.exp(float(sde.log_alpha(te))), math.sqrt(float(sde.sigma2(te)))
+            else:
+                t1, a1, s1 = coef(lams[j + 1])
+            e = math.exp(-h)
+            w0, w1, w2 = 1 - e, h - 1 + e, h * h - 2 * h + 2 - 2 * e  # int_0^h e^{tau-h} tau^k dtau, k = 0, 1, 2
+            base = (s1 / s0) * x
+            slope = 0 if m_prev is None else (m0 - m_prev) / h_prev
+            x_p = base + a1 * (w0 * m0 + w1 * slope)
+            m1 = x0(x_p, t1, a1, s1)
+            if m_prev is None:
+                x_c = base + a1 * (w0 * m0 + w1 * (m1 - m0) / h)
+            else:
+                # quadratic q(tau) = m0 + b tau + c tau^2 through (-h_prev, m_prev), (0, m0), (h, m1)
+                c = ((m1 - m0) / h - (m0 - m_prev) / h_prev) / (h + h_prev)
+                b = (m1 - m0) / h - c * h
+                x_c = base + a1 * (w0 * m0 + w1 * b + (w2 * c if quad else 0))
+            x, s0, m_prev, m0, h_prev = x_c, s1, m0, m1, h
+        return x
+
+    x = replay(True)
+    rel = float((sol.x - x).norm() / x.norm())
+    assert rel < 1e-10, rel
+    # control: the same replay without the corrector's quadratic term differs visibly
+    x_lin = replay(False)
+    assert float((sol.x - x_lin).norm() / x_lin.norm()) > 1e-5
+    assert sol.nfe == 1 + sol.n_steps + sol.n_rejected
+
+
+def test_pece_counts_controls_its_error_and_beats_the_singlestep_pair_per_nfe():
+    sde, data, x_T, ref = _problem()
+    score = data.score_fn(sde)
+    ae = float(sde.alpha(sde.eps))
+    out = []
+    for tol in (0.05, 0.01, 0.002):
+        sol = S.dpm_solver_adaptive_multistep(sde, score, x_T, timesteps(sde, 1), rtol=tol, atol=tol)
+        assert sol.nfe == 1 + sol.n_steps + sol.n_rejected
+        lam = sol.extra["lambdas"]
+        assert all(b > a for a, b in zip(lam, lam[1:]))
+        assert lam[0] == pytest.approx(_lam(sde, sde.T)) and lam[-1] == pytest.approx(_lam(sde, sde.eps))
+        out.append((sol.nfe, S.trajectory_rmse(sol.x, ref, ae)))
+    assert out[0][0] < out[1][0] < out[2][0]
+    assert out[0][1] > out[1][1] > out[2][1] and out[2][1] < 2e-3
+    # per NFE it beats the singlestep 23 pair: some run with no more NFE has a lower error
+    ss = S.dpm_solver_adaptive(sde, score, x_T, timesteps(sde, 1), rtol=0.05, atol=0.05)
+    e_ss = S.trajectory_rmse(ss.x, ref, ae)
+    assert any(n <= ss.nfe and e < e_ss for n, e in out), (out, ss.nfe, e_ss)
+
+
+def test_pece_error_control_is_per_sample():
+    """The batch takes about what its hardest member takes alone, more than the median member."""
+    sde, data, x_T, _ = _problem()
+    score = data.score_fn(sde)
+    batch = S.dpm_solver_adaptive_multistep(sde, score, x_T[:40], timesteps(sde, 1), rtol=0.01, atol=0.01)
+    per = sorted(S.dpm_solver_adaptive_multistep(sde, score, x_T[b:b + 1], timesteps(sde, 1), rtol=0.01, atol=0.01).nfe
+                 for b in range(40))
+    assert batch.nfe >= per[-1] - 4
+    assert batch.nfe > per[len(per) // 2]
+
+
+def test_pece_law_matches_the_mixture_and_rejects_a_wrong_score():
+    """Budget from two independent facts. (1) Trajectory error, asserted: the per-coordinate RMS
+    distance to the dopri5 (1e-9) flow of the same x_T, e = (mean_b (x_bj - ref_bj)^2)^{1/2} <= 0.01,
+    so |mean(x_j) - mean(ref_j)| <= e (Cauchy-Schwarz). (2) ref is an exact-law sample of p_eps
+    (the exact flow of exact prior draws), so its mean is within 5 SE = 5 (var_j / N)^{1/2} of the
+    closed-form mean. Check: |mean(x_j) - m_j| <= 0.01 + 5 SE. Control: the score of the mixture
+    with every mean shifted by 0.5 fails the same check."""
+    sde, data, x_T, ref = _problem()
+    n = x_T.shape[0]
+    exact = data.marginal(sde.eps, sde)
+    se = torch.sqrt(torch.diagonal(exact.cov) / n)
+
+    def check(score_data):
+        sol = S.dpm_solver_adaptive_multistep(sde, score_data.score_fn(sde), x_T, timesteps(sde, 1), rtol=0.005, atol=0.005)
+        return bool(((sol.x.mean(0) - exact.mean).abs() <= 0.01 + 5 * se).all()), sol.x
+
+    ok, x = check(data)
+    e = ((x - ref).pow(2).mean(0)).sqrt()
+    assert bool((e <= 0.01).all()), e
+    assert ok
+    wrong = sg.analytic.GaussianMixture(data.means + 0.5, data.covs, data.weights)
+    bad, _ = check(wrong)
+    assert not bad
+
+
+def test_singlestep_controller_options():
+    """PI control and the end-of-interval handling: same end points, fewer or equal rejections on
+    the benchmark-like target at the same tolerance, every option validated."""
+    sde, data, x_T, ref = _problem()
+    score = data.score_fn(sde)
+    i_ = S.dpm_solver_adaptive(sde, score, x_T, timesteps(sde, 1), rtol=0.02, atol=0.02)
+    pi = S.dpm_solver_adaptive(sde, score, x_T, timesteps(sde, 1), rtol=0.02, atol=0.02, controller="pi", final_stretch=1.5)
+    assert pi.extra["lambdas"][-1] == pytest.approx(i_.extra["lambdas"][-1])
+    assert pi.n_rejected <= i_.n_rejected
+    ae = float(sde.alpha(sde.eps))
+    assert S.trajectory_rmse(pi.x, ref, ae) < 1e-2
+    for kw, match in (({"controller": "p"}, "controller"), ({"final_stretch": 3.0}, "final_stretch")):
+        with pytest.raises(ValueError, match=match):
+            S.dpm_solver_adaptive(sde, score, x_T[:2], timesteps(sde, 1), **kw)
+    with pytest.raises(ValueError, match="final_stretch"):
+        S.dpm_solver_adaptive_multistep(sde, score, x_T[:2], timesteps(sde, 1), final_stretch=0.5)
+    with pytest.raises(ValueError, match="rtol"):
+        S.dpm_solver_adaptive_multistep(sde, score, x_T[:2], timesteps(sde, 1), rtol=0.0)
+
+
+def test_registered_with_its_arithmetic():
+    spec = SAMPLERS["dpm_solver_adaptive_ms"]
+    assert spec.adaptive and not spec.stochastic and spec.nfe_per_step is None
+    with pytest.raises(ValueError, match="adaptive"):
+        spec.steps_for(10)
