@@ -20,7 +20,6 @@ bits/dim of the samples under a model by
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -37,7 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .checkpoints import atomic_write_bytes, clean_stale_temp_files
+from .checkpoints import atomic_write_bytes, clean_stale_temp_files, temp_path
 from .seeds import METHODS, SeedStreams
 
 Tensor = torch.Tensor
@@ -266,17 +265,25 @@ class _LauncherWatch:
     (measured with torch 2.13), so a restart would race them for the same batches. A daemon thread
     polls ``os.getppid()`` every ``interval`` seconds; when it changes, the worker reports it on
     stderr and kills itself with SIGKILL, as if it had been killed with its launcher (batch files
-    are atomic, so at most the unfinished batch is lost and redone on restart).
+    are atomic, so at most the unfinished batch is lost and redone on restart). The files of a batch
+    are written holding ``lock``; the watch takes it first, so a write in progress finishes and no
+    temporary file is left behind (a restart that starts before the killed worker is reaped would
+    keep such a file as a live process's). If the lock is not free within ``write_timeout``
+    seconds, the temporary files of the batch in progress (``pending``) are removed instead.
+    Inactive (no thread) unless ``active``.
     """
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, active: bool, interval: float = 0.2, write_timeout: float = 30.0) -> None:
         self.parent = os.getppid()
-        self.interval = interval
+        self.active, self.interval, self.write_timeout = active, interval, write_timeout
+        self.pending: List[Path] = []
+        self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sdesolve_gen-launcher-watch", daemon=True)
 
     def __enter__(self) -> "_LauncherWatch":
-        self._thread.start()
+        if self.active:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -287,6 +294,12 @@ class _LauncherWatch:
             if os.getppid() != self.parent:
                 sys.stderr.write(f"generate: pid {os.getpid()}: the launcher (pid {self.parent}) is gone; stopping\n")
                 sys.stderr.flush()
+                if not self.lock.acquire(timeout=self.write_timeout):
+                    for tmp in list(self.pending):
+                        try:
+                            tmp.unlink()
+                        except OSError:  # not written yet, or already renamed into place
+                            pass
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -426,8 +439,7 @@ def generate(
         say = progress if callable(progress) else (lambda line: print(line, file=sys.stdout, flush=True))
     n_batches = -(-len(seed_list) // batch_size)
     res = GenerateResult(out, rank, world, n_batches, batches=list(range(rank, n_batches, world)))
-    watch = _LauncherWatch() if on and _launched_by_torchrun() else contextlib.nullcontext()
-    with watch:
+    with _LauncherWatch(on and _launched_by_torchrun()) as watch:
         start = _time.perf_counter()
         for done, k in enumerate(res.batches, 1):
             chunk = seed_list[k * batch_size:(k + 1) * batch_size]
@@ -444,9 +456,12 @@ def generate(
             if model_kwargs is not None:
                 kwargs["model_kwargs"] = model_kwargs(torch.tensor(chunk)) if callable(model_kwargs) else model_kwargs
             x = spec(sde, score_fn, x_T, ts, generator=streams, **kwargs).x.detach().to(dtype).cpu()
-            if png:
-                _write_png(x, path.with_suffix(".png"), png_fn)
-            atomic_write_bytes(_npz_bytes({"samples": x.numpy(), "seeds": np.asarray(chunk, dtype=np.int64)}), path)
+            data = _npz_bytes({"samples": x.numpy(), "seeds": np.asarray(chunk, dtype=np.int64)})
+            with watch.lock:
+                watch.pending = [temp_path(path), _png_temp(path.with_suffix(".png"))]
+                if png:
+                    _write_png(x, path.with_suffix(".png"), png_fn)
+                atomic_write_bytes(data, path)
             res.written.append(k)
             res.n_samples += len(chunk)
             if say is not None:
@@ -461,8 +476,12 @@ def generate(
     return res
 
 
+def _png_temp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+
+
 def _write_png(x: Tensor, path: Path, png_fn: Optional[Callable[[Tensor, Path], None]]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    tmp = _png_temp(path)
     try:
         if png_fn is not None:
             png_fn(x, tmp)
@@ -578,8 +597,7 @@ def evaluate(
     bs = int(man["batch_size"])
     on, rank, world = _dist()
     n_b = -(-len(seed_list) // bs)
-    watch = _LauncherWatch() if on and _launched_by_torchrun() else contextlib.nullcontext()
-    with watch:  # under torchrun: stop when the launcher is killed (as generate does)
+    with _LauncherWatch(on and _launched_by_torchrun()):  # under torchrun: stop when the launcher is killed (as generate does)
         allb = _evaluate_batches(out_dir, seed_list, bs, n_b, on, rank, world, score, label_fn)
         res = _summarise(allb, score is not None, label_fn is not None, n_labels)
         if likelihood_model is not None:

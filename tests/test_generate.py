@@ -276,12 +276,12 @@ def test_kill_torchrun_launcher_kills_workers_and_restart_completes(ckpt, tmp_pa
     out = tmp_path / "killed"
     proc = subprocess.Popen([*torchrun, *args, "--out", str(out)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    workers = []
     deadline = time.monotonic() + 120
     while len(list(out.glob("batch-*.npz"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        workers = workers or [w for w in _children(proc.pid) if _alive(w)]
         time.sleep(0.01)
-    workers = workers or _children(proc.pid)
+    # both workers are up by now (generate starts after both joined the process group); read them
+    # now, not during start-up, when torchrun may have spawned only one
+    workers = [w for w in _children(proc.pid) if _alive(w)]
     os.kill(proc.pid, signal.SIGKILL)  # the launcher only
     _, stderr = proc.communicate()
     assert len(workers) == 2, (workers, stderr[-2000:])
@@ -289,6 +289,8 @@ def test_kill_torchrun_launcher_kills_workers_and_restart_completes(ckpt, tmp_pa
     while any(_alive(w) for w in workers) and time.monotonic() < gone_by:
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "torchrun workers outlived their killed launcher"
+    # no wait for the zombies to be reaped: the restart below may see their pids still in use, and
+    # must still end with no temporary file (the workers remove theirs before they stop)
     before = {p.name: p.stat().st_ino for p in out.glob("batch-*.npz")}
     assert 2 <= len(before) < 10, sorted(before)  # killed mid-run
     capsys.readouterr()
