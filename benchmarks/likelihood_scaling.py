@@ -83,10 +83,15 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
                  exact=_time(lambda: eng(f, x), repeats),
                  hutch1=_time(lambda: eng(f, x, p1), repeats),
                  hutch32=_time(lambda: eng(f, x, p32), repeats))
+        eng1 = DivergenceEngine(chunk=1)  # one basis vector per backward pass: D separate VJPs
+        eng1(f, x)
+        r["exact_chunk1"] = _time(lambda: eng1(f, x), max(1, repeats - 1))
         r["exact_old"] = _time(lambda: _old_exact(f, x), max(1, repeats - 1)) if D <= 1024 else None
+        r["exact_over_D_vjp"] = r["exact"] / (D * r["one_vjp"])
         r["exact_per_vjp"] = r["exact"] / r["one_vjp"]
         rows.append(r)
-        log(f"  D={D:5d} exact {r['exact'] * 1e3:8.2f} ms  one vjp {r['one_vjp'] * 1e3:6.3f} ms  "
+        log(f"  D={D:5d} exact {r['exact'] * 1e3:8.2f} ms  chunk 1 {r['exact_chunk1'] * 1e3:8.2f} ms  "
+            f"exact/(D vjp) {r['exact_over_D_vjp']:5.2f}  one vjp {r['one_vjp'] * 1e3:6.3f} ms  "
             f"hutch32 {r['hutch32'] * 1e3:7.2f} ms  old {r['exact_old'] * 1e3 if r['exact_old'] else float('nan'):8.2f} ms")
     ds = [r["D"] for r in rows]
     summary = {
@@ -112,6 +117,7 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
         old = [(r["D"], r["exact_old"]) for r in rows if r["exact_old"]]
         ax.loglog([a for a, _ in old], [b for _, b in old], "s--", label=f"exact, one batched pass (main), slope {summary['exponent_exact_old']:.2f}")
         ax.loglog(ds, [r["D"] * r["one_vjp"] for r in rows], ":", color="k", label="D x one VJP (linear in D per VJP)")
+        ax.loglog(ds, [r["exact_chunk1"] for r in rows], "x-", label="exact, one VJP per pass (chunk=1)")
         ax.loglog(ds, [r["hutch32"] for r in rows], "^-", label="Hutchinson K=32")
         ax.loglog(ds, [r["hutch1"] for r in rows], "v-", label="Hutchinson K=1")
         ax.set_xlabel("D (dimensions per sample)")
@@ -131,11 +137,51 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
     return {"rows": rows, "summary": summary, "skipped": []}
 
 
+def crossover(*, repeats: int = 3, out: str = "benchmarks/results", log=print) -> Dict[str, Any]:
+    """Exact trace vs Hutchinson (K = 1, 4) per evaluation on the MLP above and the project's U-Net
+    (``base=32, channel_mults=(1, 2)``, the digits example's), float64, B = 16, at several D:
+    the ratio exact / K-probe time is what ``divergence="auto"`` trades against probe noise."""
+    import sdesolve_gen as sg
+
+    torch.manual_seed(0)
+    rows: List[Dict[str, Any]] = []
+    B = 16
+    nets = [("mlp", D, None) for D in (16, 64, 256)] + [("unet", s * s, s) for s in (4, 8, 16)]
+    for kind, D, side in nets:
+        if kind == "mlp":
+            net = torch.nn.Sequential(torch.nn.Linear(D, 256), torch.nn.Tanh(), torch.nn.Linear(256, D)).double()
+            f = lambda x, net=net: net(x)  # noqa: E731
+        else:
+            unet = sg.UNet(1, base=32, channel_mults=(1, 2)).double().eval()
+            tt = torch.full((B,), 0.5, dtype=torch.float64)
+            f = lambda x, unet=unet, side=side: unet(x.reshape(B, 1, side, side), tt).reshape(B, -1)  # noqa: E731
+        x = torch.randn(B, D, dtype=torch.float64)
+        eng = DivergenceEngine()
+        eng(f, x)
+        p1 = torch.randint(0, 2, (1, B, D)).double() * 2 - 1
+        p4 = torch.randint(0, 2, (4, B, D)).double() * 2 - 1
+        r = dict(net=kind, D=D, B=B, exact=_time(lambda: eng(f, x), repeats), hutch1=_time(lambda: eng(f, x, p1), repeats),
+                 hutch4=_time(lambda: eng(f, x, p4), repeats))
+        r["exact_over_hutch1"] = r["exact"] / r["hutch1"]
+        r["exact_over_hutch4"] = r["exact"] / r["hutch4"]
+        rows.append(r)
+        log(f"  {kind} D={D:4d} exact {r['exact'] * 1e3:9.2f} ms  K=1 {r['hutch1'] * 1e3:8.2f} ms  K=4 {r['hutch4'] * 1e3:8.2f} ms  "
+            f"exact/K1 {r['exact_over_hutch1']:6.1f}")
+        os.makedirs(out, exist_ok=True)  # written after every row: a stopped run keeps what it measured
+        with open(os.path.join(out, "likelihood_crossover.json"), "w") as fh:
+            json.dump({"rows": rows}, fh, indent=1)
+    return {"rows": rows}
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--crossover", action="store_true", help="only the exact-vs-Hutchinson table (MLP and U-Net)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.crossover:
+        crossover(out=a.out)
+        raise SystemExit(0)
     res = run(quick=a.quick, out=a.out)
     print(json.dumps(res["summary"], indent=1))

@@ -590,7 +590,7 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
     se_data = float(lp.std()) / math.sqrt(n) if n > 1 else float("nan")
     se_probe = float(res.stderr.pow(2).mean().sqrt() / math.sqrt(n)) if args.divergence == "hutchinson" else 0.0
     bpd = -lp / (D * math.log(2.0))
-    print(f"PF-ODE log-likelihood (dopri5 rtol={args.rtol:g} atol={args.atol:g}, {args.divergence} divergence"
+    print(f"PF-ODE log-likelihood ({res.extra['method']} rtol={args.rtol:g} atol={args.atol:g}, {args.divergence} divergence"
           f"{f', {args.probes} probes' if args.divergence == 'hutchinson' else ''}, standard prior, {args.weights} weights, checkpoint step {m['step']}) of {what}:")
     print(f"  mean log p = {float(lp.mean()):.4f} nats  (stderr over data {se_data:.4f}, over probes {se_probe:.4f})")
     print(f"  bits/dim   = {float(bpd.mean()):.4f}  (continuous, -log p / (D ln 2), D = {D}; "
@@ -685,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sample)
 
     lk = sub.add_parser("likelihood", help="PF-ODE log-likelihood of held-out data under a checkpoint",
-                        description="Compute log p(x) by the probability-flow ODE (dopri5) for held-out data of "
+                        description="Compute log p(x) by the probability-flow ODE (dopri8) for held-out data of "
                         "the checkpoint's dataset; print nats and bits/dim with standard errors.")
     lk.add_argument("checkpoint", help="checkpoint directory (or file inside it) written by `sdesolve-gen train`")
     lk.add_argument("-n", "--n-samples", dest="n", type=_positive_int, default=256, help="data points (default: 256)")

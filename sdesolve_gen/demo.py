@@ -23,8 +23,8 @@ Errors reported per sampler (``N`` samples each):
 * :math:`\Delta\log p = \tfrac1N\sum_i \log p_\varepsilon(x_i) - \mathbb E_{p_\varepsilon}[\log p_\varepsilon]`
   (the second term from 200 000 exact samples), with its Monte-Carlo standard error.
 
-Likelihood: :math:`\log p_\varepsilon(x)` by :func:`~sdesolve_gen.log_likelihood` (dopri5,
-rtol = atol = 1e-5, exact divergence, exact prior) against the closed form
+Likelihood: :math:`\log p_\varepsilon(x)` by :func:`~sdesolve_gen.log_likelihood` (its default
+dopri8, rtol = atol = 1e-5, exact divergence, exact prior) against the closed form
 ``data.log_prob_t(x, eps, sde)`` on a few exact data points.
 """
 
@@ -457,7 +457,7 @@ def format_table(result: DemoResult) -> str:
         f"  x_T (first {result.settings['n_traj']} points); deterministic samplers only (0 for a perfect solver).",
         "dlogp: mean exact log p_eps of the samples minus its exact expectation (0 for a perfect sampler).",
         "",
-        f"likelihood (PF-ODE dopri5 rtol={result.settings['rtol']:g}, exact divergence, exact prior) on "
+        f"likelihood (PF-ODE dopri8 rtol={result.settings['rtol']:g}, exact divergence, exact prior) on "
         f"{err.numel()} points: NFE {lik.nfe}, wall {lik.wall_time:.2f} s",
         f"  |log p_ODE - log p_exact|: mean {float(err.mean()):.2e}, max {float(err.max()):.2e} nats"
         f"  (log p_exact in [{float(lik.log_p_exact.min()):.2f}, {float(lik.log_p_exact.max()):.2f}])",

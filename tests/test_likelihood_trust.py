@@ -49,7 +49,8 @@ def hard():
 @pytest.mark.parametrize("name", sorted(SDES))
 def test_per_sample_error_within_10x_tol_and_estimate_finds_the_bad_points(hard, name):
     """Budget 10 x TOL per sample (the issue's goal, stated before measuring; measured 4-8 x TOL).
-    Negative control: torchdiffeq's batch-shared norm under the same check (measured 250-640 x).
+    Negative control: torchdiffeq's batch-shared norm with dopri5 (the behaviour before per-sample
+    control) under the same check (measured 250-640 x).
     The error estimate |l(tol) - l(tol/10)| must track the true error per sample: if the error
     scales ~linearly with the tolerance it is within ~10 % of it; asserted |err_i| <= 2 est_i +
     TOL (the TOL absorbs samples whose error crosses zero), and the worst sample by estimate
@@ -65,7 +66,7 @@ def test_per_sample_error_within_10x_tol_and_estimate_finds_the_bad_points(hard,
     assert bool((err <= 2 * res.error_estimate + TOL).all()), float((err - 2 * res.error_estimate).max())
     assert int(err.argmax()) == int(res.error_estimate.argmax())
     assert res.x.shape == x.shape and res.n_steps > 0 and res.nfe >= res.n_steps
-    bad = sg.log_likelihood(sde, data.score_fn(sde), x, error_control="batch", **kw)
+    bad = sg.log_likelihood(sde, data.score_fn(sde), x, error_control="batch", method="dopri5", **kw)
     assert float((bad.log_prob - exact).abs().max()) > 10 * 10 * TOL
 
 
@@ -328,7 +329,7 @@ def test_progress_per_solver_step(monkeypatch):
 
     monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
     res = sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(3, 2, dtype=torch.float64), progress=True, rtol=1e-4, atol=1e-4)
-    assert [b.desc for b in bars] == ["odeint[dopri5]"] and bars[0].n == res.n_steps > 1
+    assert [b.desc for b in bars] == ["odeint[dopri8]"] and bars[0].n == res.n_steps > 1
     bars.clear()
     sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(3, 2, dtype=torch.float64), rtol=1e-4, atol=1e-4)
     assert bars == []  # off by default
