@@ -312,11 +312,11 @@ def plot(rows: List[Dict[str, Any]], out: str) -> str:
             ax.plot(*zip(*pts), ":D" if m.startswith("ours") else ":s", ms=4, lw=1.2, color="k" if m.startswith("ours") else "grey",
                     mfc="none" if "_ms" in m or not m.startswith("ours") else "k", label=f"{m} (tol sweep)" if p == probs[0] else None)
         ax.axhline(ERR_GOAL, color="r", lw=0.6, ls="--")
+        first = True
         for r in rows:
-            if r["problem"] == p and r["kind"] in ("ours-calibrated",) and r["err"]:
-                mk = {"ours-calibrated": "*", "ours-adaptive": "D", "peer-adaptive": "s"}[r["kind"]]
-                ax.plot(r["nfe"], r["err"], mk, ms=10, color="k" if r["kind"] != "peer-adaptive" else "grey",
-                        label=(r["kind"] if p == probs[0] else None))
+            if r["problem"] == p and r["kind"] == "ours-calibrated" and r["err"]:
+                ax.plot(r["nfe"], r["err"], "*", ms=10, color="k", label=("ours-calibrated" if p == probs[0] and first else None))
+                first = False
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(p)

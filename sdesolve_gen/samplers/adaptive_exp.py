@@ -186,7 +186,7 @@ def dpm_solver_adaptive_multistep(
 
     With the step :math:`h`, :math:`\mathrm{base} = \tfrac{\sigma_s}{\sigma_t}x`, :math:`m_0 = \hat x_0`
     at the current point, :math:`m_{-1}` at the previous accepted point (:math:`r = h_{\mathrm{prev}}/h`)
-    and :math:`I_k` of :func:`_quad_weights`, the PF-ODE solution
+    and :math:`I_k = \int_0^h e^{\tau-h}\tau^k\,d\tau`, the PF-ODE solution
     :math:`x_s = \mathrm{base} + \alpha_s\int_0^h e^{\tau-h}\hat x_0(\lambda_t+\tau)\,d\tau` is approximated by
 
     * predictor (DPM-Solver++(2M) with variable steps, linear extrapolation of :math:`\hat x_0`):
