@@ -68,6 +68,7 @@ from __future__ import annotations
 import math
 import time as _time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -115,7 +116,7 @@ _DELTA_SCALE = 2.0**-20
 #: with factor 10: 0.2-1.6 x tol on the benchmark mixtures at tol 1e-5 (``benchmarks/likelihood.py``,
 #: docs table) and within 10 x tol on the condition-100 mixture at tol 1e-6 (tested); factor 30
 #: was cheaper (1.4-7.6 x tol on the mixtures) but erred by 13.5 x tol on that tested mixture.
-SOLVER_TOL_FACTOR: Dict[str, float] = {"dopri8": 10.0}
+SOLVER_TOL_FACTOR: Mapping[str, float] = MappingProxyType({"dopri8": 10.0})
 
 
 @dataclass(kw_only=True, repr=False)
