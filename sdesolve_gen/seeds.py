@@ -29,7 +29,9 @@ Two ways to draw (``method``):
   Philox on CUDA), so CPU and CUDA give different samples.
 
 Only the random draws are per-sample: samplers whose step control couples the batch
-(``adaptive_sde``, ``dpm_solver_adaptive`` take a batch-wide step) stay batch dependent.
+(``adaptive_sde``, ``dpm_solver_adaptive``, ``dpm_solver_adaptive_ms`` take a batch-wide step;
+``predictor_corrector``'s Langevin step size comes from batch-mean norms, as in score_sde) stay
+batch dependent.
 """
 
 from __future__ import annotations
