@@ -22,10 +22,14 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 import torchsde
 
-__all__ = ["TESTED_VERSIONS", "check_version", "stepper", "adaptive_step_counts"]
+__all__ = ["TESTED_VERSIONS", "METHOD_OPTIONS", "check_version", "stepper", "adaptive_step_counts"]
 
 #: torchsde versions whose solver internals the contract test covers.
 TESTED_VERSIONS = ("0.2.6",)
+
+#: The solver options torchsde 0.2.6 reads (``torchsde.settings.METHOD_OPTIONS``: milstein's
+#: ``grad_free``); torchsde ignores any other key silently, so :func:`~sdesolve_gen.sdeint` refuses them.
+METHOD_OPTIONS = frozenset({"grad_free"})
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], Tuple[torch.Tensor, Any]]
 

@@ -84,6 +84,8 @@ def bits_per_dim(
         bits per dimension, shape of ``log_prob``.
     """
     log_prob = check_tensor("log_prob", log_prob)
+    if bool((torch.isnan(log_prob) | (log_prob == math.inf)).any()):
+        raise ValueError("log_prob contains NaN or +inf: no code length (a zero density, -inf, gives +inf bits/dim)")
     D = _data_dim(data_shape)
     rng = _check_range(data_range)
     n_bins = _check_bins(n_bins)

@@ -151,6 +151,7 @@ def _require(module: str) -> Any:
 _SDES = {"vp": "VPSDE", "ve": "VESDE", "subvp": "SubVPSDE"}
 _DIGITS_HOLDOUT = 297  # the last 297 of the 1797 digits are held out (never trained on)
 _N_DIGIT_CLASSES = 10
+_DEFAULT_LABEL_DROPOUT = 0.1  # --conditional: probability of the null label
 
 
 def _check_config(cfg: Any, where: str) -> Dict[str, Any]:
@@ -277,6 +278,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     has_ckpt = os.path.isfile(os.path.join(ckpt, train_mod.CHECKPOINT_NAME))
     if args.conditional and args.data != "digits":
         raise CLIError(f"argument --conditional: class-conditional training needs --data digits, got {args.data!r}")
+    if args.label_dropout is not None and not args.conditional:
+        raise CLIError("argument --label-dropout: only used with --conditional (unconditional training has no labels)")
+    if args.label_dropout is None:
+        args.label_dropout = _DEFAULT_LABEL_DROPOUT
     if not 0.0 <= args.label_dropout < 1.0:
         raise CLIError(f"argument --label-dropout: must lie in [0, 1), got {args.label_dropout!r}")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -654,8 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--conditional", action="store_true",
                    help="class-conditional U-Net on the digit labels (with --data digits); label 10 is the null "
                    "label of classifier-free guidance")
-    t.add_argument("--label-dropout", type=_finite_float, default=0.1,
-                   help="with --conditional: probability of training on the null label (default: 0.1)")
+    t.add_argument("--label-dropout", type=_finite_float, default=None,
+                   help=f"with --conditional: probability of training on the null label (default: {_DEFAULT_LABEL_DROPOUT})")
     t.add_argument("-v", "--verbose", action="store_true", help="log progress (every log record) to stderr")
     t.set_defaults(func=_cmd_train)
 

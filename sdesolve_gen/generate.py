@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ._checks import check_int
 from .checkpoints import atomic_write_bytes, clean_stale_temp_files, temp_path
 from .seeds import METHODS, SeedStreams
 
@@ -408,6 +409,7 @@ def generate(
     if ts is None:
         if steps is None:
             raise ValueError("steps: pass steps (grid steps) or ts (the grid)")
+        check_int("steps", steps, 1)
         ts = spec.timesteps(sde, steps)
     elif steps is not None:
         raise ValueError("steps: pass steps or ts, not both")

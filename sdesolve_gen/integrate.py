@@ -404,6 +404,12 @@ def sdeint(
             raise ValueError("callback is only supported for fixed-step solves (adaptive=False)")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(info_dict), got {type(callback).__name__}")
+    if seed is not None:
+        check_int("seed", seed, lo=0)
+    unknown = sorted(set(options) - _contract.METHOD_OPTIONS)
+    if unknown:
+        raise TypeError(f"sdeint got unknown solver option(s) {unknown}: torchsde would ignore them; "
+                        f"known: {sorted(_contract.METHOD_OPTIONS)}")
     if bm is not None and (generator is not None or seed is not None):
         raise ValueError("pass bm, or generator/seed, not both")
     keep = _save_indices(save, ts.numel())

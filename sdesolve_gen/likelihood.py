@@ -258,7 +258,18 @@ def _check_common(sde: Any, score_fn: Any, x: Any, method: str, rtol: float, ato
     return x
 
 
+def _check_step_size(method: str, step_size: Optional[float]) -> None:
+    """``step_size`` is positive and given only to fixed-step methods (adaptive ones would ignore it)."""
+    if step_size is None:
+        return
+    check_positive("step_size", step_size)
+    if method in ADAPTIVE_ODE_METHODS:
+        raise ValueError(f"step_size only applies to fixed-step methods; method={method!r} is adaptive "
+                         "(it uses rtol/atol) and would ignore it")
+
+
 def _solver_options(method: str, ts: Tensor, step_size: Optional[float]) -> dict:
+    _check_step_size(method, step_size)
     if method in ADAPTIVE_ODE_METHODS:
         return {}
     # fixed-step: default 100 steps over the interval
@@ -417,8 +428,7 @@ def log_likelihood(
         raise TypeError(f"prior must be 'standard' or an object with a log_prob(z) method, got {type(prior).__name__}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
-    if step_size is not None:
-        check_positive("step_size", step_size)
+    _check_step_size(method, step_size)
     kwargs = check_model_kwargs(model_kwargs)
     if div == "hutchinson":
         if probes is None:

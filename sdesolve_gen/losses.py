@@ -84,7 +84,7 @@ def loss_weight(sde: LinearSDE, t: Tensor, kind: Weighting = "sigma2", *, sigma_
         a2 = torch.exp(2 * sde.log_alpha(t))
         sbar2 = sde.sigma2(t) / a2
         return a2 * sbar2 * (sbar2 + sigma_data**2) / sigma_data**2
-    raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable t -> lambda(t), got {kind!r}")
+    raise ValueError(f"weighting (kind) must be one of {WEIGHTINGS} or a callable t -> lambda(t), got {kind!r}")
 
 
 def sample_time(

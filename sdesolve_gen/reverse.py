@@ -21,6 +21,7 @@ Stratonovich-only torchsde methods (midpoint, heun, reversible_heun) are valid w
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -116,6 +117,9 @@ class _ScoreCaller(nn.Module):
         """Evaluate the score at state ``x`` (any shape ``(B, ...)``) and physical time ``t``."""
         shape = x.shape
         if self.data_shape is not None:
+            if math.prod(shape[1:]) != math.prod(self.data_shape):
+                raise ValueError(f"data_shape {self.data_shape} does not match the state: {tuple(shape[1:])} per sample "
+                                 f"({math.prod(shape[1:])} values, data_shape needs {math.prod(self.data_shape)})")
             x = x.reshape(shape[0], *self.data_shape)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             try:

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -103,9 +102,9 @@ class EMA(AveragedModel):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(decay, bool) or not isinstance(decay, (int, float)):
-            raise TypeError(f"ema_decay must be a number in [0, 1), got {type(decay).__name__}")
+            raise TypeError(f"decay (Trainer: ema_decay) must be a number in [0, 1), got {type(decay).__name__}")
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {decay}")
+            raise ValueError(f"decay (Trainer: ema_decay) must lie in [0, 1), got {decay}")
         if not isinstance(warmup, bool):
             raise TypeError(f"ema_warmup must be a bool, got {type(warmup).__name__}")
         super().__init__(model, multi_avg_fn=self._average, use_buffers=True)
@@ -289,12 +288,12 @@ class Trainer:
             _check_int(name, v, 0)
         if eval_fn is not None and not callable(eval_fn):
             raise TypeError(f"eval_fn must be callable as eval_fn(trainer) -> dict, got {type(eval_fn).__name__}")
-        # (options a generic script may set unconditionally: warned, not refused, so nothing is ignored silently)
+        # options that would be ignored are refused (pass 0 to switch them off)
         if eval_every and eval_fn is None:
-            warnings.warn("eval_every > 0 without eval_fn: no evaluation will run", UserWarning, stacklevel=2)
+            raise ValueError("eval_every > 0 needs eval_fn (no evaluation would run); pass eval_every=0 or an eval_fn")
         if checkpoint_every and checkpoint_dir is None:
-            warnings.warn("checkpoint_every > 0 without checkpoint_dir: no checkpoint will be written", UserWarning,
-                          stacklevel=2)
+            raise ValueError("checkpoint_every > 0 needs checkpoint_dir (no checkpoint would be written); "
+                             "pass checkpoint_every=0 or a checkpoint_dir")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         x_data, y_data = self._split_data(data)

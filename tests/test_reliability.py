@@ -109,6 +109,13 @@ CASES += [
     ("sdeint-increasing-ts-for-reverse", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts().flip(0)), ValueError, "decreasing"),
     ("sdeint-zero-dt", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), dt=0.0), ValueError, "dt"),
     ("sdeint-unknown-method", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), method="rk45"), ValueError, "method"),
+    ("pf-data-shape-mismatch", lambda: sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x, data_shape=(3,))(torch.tensor(0.5, dtype=torch.float64), torch.zeros(4, 2)), ValueError, "data_shape"),
+    ("sdeint-unknown-option", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), bogus_option=1), TypeError, "bogus_option"),
+    ("sdeint-negative-seed", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), seed=-1), ValueError, "seed"),
+    ("likelihood-step-size-with-adaptive", lambda: sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), method="dopri5", step_size=0.1), ValueError, "step_size"),
+    ("bpd-nan-log-prob", lambda: sg.bits_per_dim(torch.tensor([float("nan")]), 2), ValueError, "log_prob"),
+    ("bpd-plus-inf-log-prob", lambda: sg.bits_per_dim(torch.tensor([float("inf")]), 2), ValueError, "log_prob"),
+    ("ema-decay-above-one", lambda: sg.EMA(torch.nn.Linear(1, 1), 2.0), ValueError, "decay"),
     ("sdeint-strat-method-on-ito", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), method="heun"), ValueError, "Stratonovich"),
     ("odeint-non-monotone", lambda: sg.odeint(sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), torch.tensor([1.0, 0.2, 0.5])), ValueError, "monotone"),
     ("odeint-unknown-option", lambda: sg.odeint(sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x), torch.zeros(2, 2), _ts(), options={"stepsize": 1}), ValueError, "options"),
@@ -362,17 +369,17 @@ def test_catalogue_has_distinct_entries():
 
 
 # ------------------------------------------------------------------------------------------------
-# Options that a generic script may set unconditionally are warned about, not refused.
+# Options that would be ignored are refused, naming both arguments.
 
-WARN_CASES: List[Tuple[str, Callable[[], object], str]] = [
-    ("trainer-eval-every-without-eval-fn", lambda: _trainer(eval_every=5), "eval_every > 0 without eval_fn"),
-    ("trainer-checkpoint-every-without-dir", lambda: _trainer(checkpoint_every=5), "checkpoint_every > 0 without checkpoint_dir"),
+IGNORED_CASES: List[Tuple[str, Callable[[], object], str]] = [
+    ("trainer-eval-every-without-eval-fn", lambda: _trainer(eval_every=5), "eval_every > 0 needs eval_fn"),
+    ("trainer-checkpoint-every-without-dir", lambda: _trainer(checkpoint_every=5), "checkpoint_every > 0 needs checkpoint_dir"),
 ]
 
 
-@pytest.mark.parametrize("name, call, match", WARN_CASES, ids=[c[0] for c in WARN_CASES])
-def test_ignored_option_is_warned(name, call, match):
-    with pytest.warns(UserWarning, match=match):
+@pytest.mark.parametrize("name, call, match", IGNORED_CASES, ids=[c[0] for c in IGNORED_CASES])
+def test_ignored_option_is_refused(name, call, match):
+    with pytest.raises(ValueError, match=match):
         call()
 
 
@@ -386,6 +393,7 @@ CLI_CASES = [
     (("train", "--batch-size", "0"), "--batch-size"),
     (("train", "--ema-decay", "nan"), "--ema-decay"),
     (("train", "--label-dropout", "inf"), "--label-dropout"),
+    (("train", "--ckpt", "/nonexistent/ck", "--label-dropout", "0.3"), "--label-dropout"),  # without --conditional
 ]
 
 

@@ -54,3 +54,11 @@ def test_adaptive_step_counts_follow_torchsde_three_queries_per_attempt():
     assert contract.adaptive_step_counts(queries) == (2, 1)  # attempts from 0, 0 (rejected then accepted), 0.05
     with pytest.raises(RuntimeError, match="query pattern"):
         contract.adaptive_step_counts(queries[:4])
+
+
+def test_method_options_are_the_ones_torchsde_reads():
+    """sdeint refuses solver options outside METHOD_OPTIONS; the set must be torchsde's own."""
+    from torchsde.settings import METHOD_OPTIONS
+
+    assert set(contract.METHOD_OPTIONS) == {getattr(METHOD_OPTIONS, k) for k in vars(METHOD_OPTIONS)
+                                             if not k.startswith("_")}
