@@ -51,6 +51,19 @@ def _as_f64(name: str, value: ArrayLike) -> Tensor:
     return t
 
 
+def _symmetric_pd_eigh(name: str, cov: Tensor) -> Tuple[Tensor, Tensor]:
+    """Eigen-decomposition of a stack of covariances ``(K, D, D)``, refusing asymmetric or not
+    positive-definite ones (the message names ``name``)."""
+    asym = (cov - cov.transpose(1, 2)).abs().amax()
+    if float(asym) > 1e-10 * max(1.0, float(cov.abs().amax())):
+        raise ValueError(f"{name} must be symmetric; max |C - C^T| = {float(asym):.3g}")
+    lam, U = torch.linalg.eigh(cov)
+    if bool((lam <= 0).any()):
+        k = int(lam.min(dim=1).values.argmin())
+        raise ValueError(f"{name} must be positive definite; component {k} has eigenvalue {float(lam[k].min()):.3g}")
+    return lam, U
+
+
 class GaussianMixture:
     r"""A mixture of Gaussians :math:`\sum_k w_k\,\mathcal N(\mu_k, \Sigma_k)` with exact
     marginals, log densities and scores under any :class:`~sdesolve_gen.sde.LinearSDE`.
@@ -92,15 +105,7 @@ class GaussianMixture:
                 raise ValueError("weights must be non-negative")
             if abs(float(w.sum()) - 1.0) > 1e-6:
                 raise ValueError(f"weights must sum to 1, got sum {float(w.sum())}")
-        asym = (cov - cov.transpose(1, 2)).abs().amax()
-        if float(asym) > 1e-10 * max(1.0, float(cov.abs().amax())):
-            raise ValueError(f"covs must be symmetric; max |C - C^T| = {float(asym):.3g}")
-        lam, U = torch.linalg.eigh(cov)
-        if bool((lam <= 0).any()):
-            k = int(lam.min(dim=1).values.argmin())
-            raise ValueError(
-                f"covs must be positive definite; component {k} has eigenvalue {float(lam[k].min()):.3g}"
-            )
+        lam, U = _symmetric_pd_eigh("covs", cov)
         if event_shape is None:
             event_shape = (D,)
         event_shape = tuple(int(s) for s in event_shape)
@@ -316,6 +321,7 @@ class Gaussian(GaussianMixture):
             raise ValueError(f"mean must have shape (D,), got {tuple(m.shape)}")
         if c.shape != (m.shape[0], m.shape[0]):
             raise ValueError(f"cov must have shape (D, D) = ({m.shape[0]}, {m.shape[0]}), got {tuple(c.shape)}")
+        _symmetric_pd_eigh("cov", c[None])
         super().__init__(m[None], c[None], None, event_shape=event_shape)
 
 
