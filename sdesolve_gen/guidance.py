@@ -182,7 +182,7 @@ def label_guidance(model: Callable[..., Tensor], y: Label, scale: float, *, null
         model: a conditional score model, e.g. ``ScoreModel(UNet(num_classes=K), sde)``.
         y: the class, an int or an integer tensor ``(B,)`` in ``[0, num_classes)``.
         scale: :math:`w`, a finite real number.
-        null_label: the label the model was trained on when the class was dropped.
+        null_label: the label the model was trained on when the class was dropped (an int >= ``num_classes``).
         num_classes: number of real classes ``K`` (labels ``0 .. K-1``).
         label_kwarg: the keyword the model takes its labels by.
 
@@ -197,8 +197,9 @@ def label_guidance(model: Callable[..., Tensor], y: Label, scale: float, *, null
         raise TypeError(f"model must be callable as model(x, t, {label_kwarg}=labels), got {type(model).__name__}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    if isinstance(null_label, bool) or not isinstance(null_label, int) or 0 <= null_label < num_classes:
-        raise ValueError(f"null_label must be an int outside the real classes [0, {num_classes}), got {null_label!r}")
+    if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < num_classes:
+        raise ValueError(f"null_label must be an int >= num_classes = {num_classes} (the Trainer's null label, an "
+                         f"embedding index outside the real classes), got {null_label!r}")
     if not isinstance(label_kwarg, str) or not label_kwarg.isidentifier():
         raise ValueError(f"label_kwarg must be an argument name, got {label_kwarg!r}")
     w = _check_scale(scale)

@@ -112,6 +112,7 @@ CASES += [
     ("pf-data-shape-mismatch", lambda: sg.ProbabilityFlowODE(sg.VPSDE(), lambda x, t: -x, data_shape=(3,))(torch.tensor(0.5, dtype=torch.float64), torch.zeros(4, 2)), ValueError, "data_shape"),
     ("gaussian-cov-not-symmetric", lambda: sg.analytic.Gaussian(torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]])), ValueError, "cov must be symmetric"),
     ("gaussian-cov-not-pd", lambda: sg.analytic.Gaussian(torch.zeros(2), -torch.eye(2)), ValueError, "cov must be positive definite"),
+    ("label-guidance-negative-null-label", lambda: sg.guidance.label_guidance(lambda x, t, y: -x, 0, 1.0, null_label=-1, num_classes=10), ValueError, "null_label"),
     ("sdeint-unknown-option", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), bogus_option=1), TypeError, "bogus_option"),
     ("sdeint-negative-seed", lambda: sg.sdeint(_rsde(), torch.zeros(2, 2), _ts(), seed=-1), ValueError, "seed"),
     ("likelihood-step-size-with-adaptive", lambda: sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2), method="dopri5", step_size=0.1), ValueError, "step_size"),
