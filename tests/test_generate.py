@@ -269,7 +269,9 @@ def _alive(pid):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux) to find the torchrun workers")
 def test_kill_torchrun_launcher_kills_workers_and_restart_completes(ckpt, tmp_path, capsys):
-    args = ["sample", str(ckpt), "--seeds", "0-39", "--batch", "4", "--steps", "60"]
+    n_seeds, batch = 80, 4
+    n_batches = n_seeds // batch
+    args = ["sample", str(ckpt), "--seeds", f"0-{n_seeds - 1}", "--batch", str(batch), "--steps", "60"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
                 "sdesolve_gen.cli"]
@@ -277,11 +279,14 @@ def test_kill_torchrun_launcher_kills_workers_and_restart_completes(ckpt, tmp_pa
     proc = subprocess.Popen([*torchrun, *args, "--out", str(out)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
+    workers: list = []
+    # find the two workers while they start (scanning /proc is slow under load: do it before the
+    # batches appear, so the kill below follows the second batch within one poll)
     while len(list(out.glob("batch-*.npz"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    # both workers are up by now (generate starts after both joined the process group); read them
-    # now, not during start-up, when torchrun may have spawned only one
-    workers = [w for w in _children(proc.pid) if _alive(w)]
+        if len(workers) < 2:
+            workers = [w for w in _children(proc.pid) if _alive(w)]
+        else:
+            time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)  # the launcher only
     _, stderr = proc.communicate()
     assert len(workers) == 2, (workers, stderr[-2000:])
@@ -292,23 +297,23 @@ def test_kill_torchrun_launcher_kills_workers_and_restart_completes(ckpt, tmp_pa
     # no wait for the zombies to be reaped: the restart below may see their pids still in use, and
     # must still end with no temporary file (the workers remove theirs before they stop)
     before = {p.name: p.stat().st_ino for p in out.glob("batch-*.npz")}
-    assert 2 <= len(before) < 10, sorted(before)  # killed mid-run
+    assert 2 <= len(before) < n_batches, sorted(before)  # killed mid-run
     capsys.readouterr()
     # restart in this process (1 rank; the files do not depend on the number of ranks): no second
     # torchrun start-up, which costs most of this test's time
     assert cli.main([*args, "--out", str(out)]) == 0
-    assert f"{10 - len(before)} generated, {len(before)} already on disk" in capsys.readouterr().out
+    assert f"{n_batches - len(before)} generated, {len(before)} already on disk" in capsys.readouterr().out
     ref = tmp_path / "ref"
     assert cli.main([*args, "--out", str(ref)]) == 0  # uninterrupted, one process (== 2 ranks, byte for byte)
     names = sorted(p.name for p in out.iterdir())  # no stray temporary files, every batch once
     assert names == sorted(p.name for p in ref.iterdir()) == sorted(
-        ["manifest.json"] + [f"batch-{k:06d}.npz" for k in range(10)])
+        ["manifest.json"] + [f"batch-{k:06d}.npz" for k in range(n_batches)])
     for name in names:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     for name, ino in before.items():  # batches finished before the kill were not redone
         assert (out / name).stat().st_ino == ino, name
     _, seeds = load_samples(out)
-    assert seeds.tolist() == list(range(40))
+    assert seeds.tolist() == list(range(n_seeds))
 
 
 # ---------------------------------------------------------------------------------- torchrun: 1 vs 2 ranks, batch 7 vs 16
