@@ -198,3 +198,37 @@ def test_cli_sample_seed_selects_the_noise(tiny_checkpoint, tmp_path, capsys):
         outs.append(torch.load(pt, weights_only=True)["samples"])
     assert torch.equal(outs[0], outs[1])
     assert not torch.allclose(outs[0], outs[2])
+
+
+# ------------------------------------------------------------------------------ training details
+
+
+def test_cosine_lr_decay_follows_its_closed_form_and_stays_at_zero_after_K():
+    """lr_k = lr (1 + cos(pi min(k/K, 1))) / 2: after K steps the rate stays 0 (control: the
+    unclamped cosine would rise again to lr (1 + cos(pi 6/4)) / 2 = lr / 2 at k = 6)."""
+    sde = sg.VPSDE()
+    K, lr = 4, 1e-3
+    tr = sg.Trainer(sg.ScoreModel(sg.MLPScoreNet(2, hidden=8, depth=1), sde), sde,
+                    torch.randn(16, 2, generator=torch.Generator().manual_seed(0)), batch_size=4, lr=lr,
+                    lr_decay_steps=K, log_every=0)
+    for k in range(1, 7):
+        tr.train(k)
+        expected = lr * 0.5 * (1.0 + math.cos(math.pi * min(k / K, 1.0)))
+        got = tr.optimizer.param_groups[0]["lr"]
+        assert got == pytest.approx(expected, abs=1e-15), k
+    assert abs(lr * 0.5 * (1.0 + math.cos(math.pi * 6 / K)) - got) > 1e-4  # the negative control
+
+
+def test_open_interval_end_points_are_refused():
+    """check_range's open ends exclude the end point itself (Trainer(eps=T) must be refused)."""
+    from sdesolve_gen._checks import check_range
+
+    assert check_range("x", 1.0, 0.0, 1.0) == 1.0
+    with pytest.raises(ValueError, match="x"):
+        check_range("x", 1.0, 0.0, 1.0, hi_open=True)
+    with pytest.raises(ValueError, match="x"):
+        check_range("x", 0.0, 0.0, 1.0, lo_open=True)
+    sde = sg.VPSDE()
+    with pytest.raises(ValueError, match="eps"):
+        sg.Trainer(sg.ScoreModel(sg.MLPScoreNet(2, hidden=8, depth=1), sde), sde, torch.zeros(4, 2), batch_size=2,
+                   eps=sde.T)
