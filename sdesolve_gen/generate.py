@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ._checks import check_int
+from ._gather import gather_in_order
 from .checkpoints import atomic_write_bytes, clean_stale_temp_files, temp_path
 from .seeds import METHODS, SeedStreams
 
@@ -624,15 +625,7 @@ def _evaluate_batches(out_dir: Any, seed_list: List[int], bs: int, n_b: int, on:
         if label_fn is not None:
             part["labels"] = torch.as_tensor(label_fn(x)).long().reshape(-1).cpu()
         mine.append((k, part))
-    if on:
-        import torch.distributed as dist
-
-        gathered: List[Any] = [None] * world
-        dist.all_gather_object(gathered, mine)
-        allb = sorted((kb for p in gathered for kb in p), key=lambda kb: kb[0])
-    else:
-        allb = mine
-    return allb
+    return gather_in_order(mine, world, on)
 
 
 def _summarise(allb: List[Tuple[int, Optional[Dict[str, Any]]]], has_score: bool, has_labels: bool,

@@ -82,6 +82,7 @@ from ._checks import (
     check_probe_options,
     checked_prior,
 )
+from ._gather import gather_in_order
 from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, DivergenceEngine, draw_probes
 from .integrate import ADAPTIVE_ODE_METHODS, odeint
@@ -600,12 +601,7 @@ def dataset_log_likelihood(
                          "signed": None if res.error_estimate is None else res.extra.get("signed_error")}))
     if shape is None:
         raise ValueError("data holds no samples")
-    if use_dist:
-        gathered: List[Any] = [None] * world
-        dist.all_gather_object(gathered, mine)
-        allb = sorted((kb for part in gathered for kb in part), key=lambda kb: kb[0])
-    else:
-        allb = mine
+    allb = gather_in_order(mine, world, use_dist)
     lp = torch.cat([b["log_prob"] for _, b in allb])
     se = torch.cat([b["stderr"] for _, b in allb])
     D = math.prod(shape)
