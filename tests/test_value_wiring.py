@@ -232,3 +232,88 @@ def test_open_interval_end_points_are_refused():
     with pytest.raises(ValueError, match="eps"):
         sg.Trainer(sg.ScoreModel(sg.MLPScoreNet(2, hidden=8, depth=1), sde), sde, torch.zeros(4, 2), batch_size=2,
                    eps=sde.T)
+
+
+# ------------------------------------------------------------------------------ adaptive error norm
+
+
+@pytest.mark.parametrize("name", ["dpm_solver_adaptive", "dpm_solver_adaptive_ms"])
+def test_adaptive_error_norm_is_a_per_sample_rms_so_replicated_coordinates_change_nothing(name):
+    """The documented per-sample norm is the RMS over a sample's coordinates. Data N(0, v I) has a
+    coordinate-wise score, so a 4-D problem whose coordinates all repeat the same 1-D x_T has, at
+    every step, the same per-coordinate error as the 1-D problem: an RMS norm gives the same
+    accepted grid and the 1-D result in every coordinate (exactly, up to rounding). Control: an
+    L2 norm is the RMS norm times sqrt(4) = 2, i.e. the RMS norm at tolerances / 2, and that run
+    takes another grid (the check would reject the L2 norm)."""
+    sde = sg.VPSDE()
+    data = sg.analytic.Gaussian(torch.zeros(1, dtype=F64), torch.full((1, 1), 0.3, dtype=F64))
+    score1 = data.score_fn(sde)
+    score4 = sg.analytic.Gaussian(torch.zeros(4, dtype=F64), 0.3 * torch.eye(4, dtype=F64)).score_fn(sde)
+    x1 = torch.randn(8, 1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    ts = torch.tensor([sde.T, sde.eps], dtype=F64)
+    fn = S.get_sampler(name).fn
+    tol = dict(rtol=0.01, atol=0.01)
+    one = fn(sde, score1, x1, ts, **tol)
+    four = fn(sde, score4, x1.repeat(1, 4), ts, **tol)
+    assert four.n_steps == one.n_steps and four.n_rejected == one.n_rejected
+    assert torch.allclose(four.x, one.x.repeat(1, 4), rtol=0, atol=1e-12)
+    l2 = fn(sde, score4, x1.repeat(1, 4), ts, rtol=0.005, atol=0.005)
+    assert (l2.n_steps, l2.n_rejected) != (one.n_steps, one.n_rejected)
+
+
+# ------------------------------------------------------------------------------ importance-sampled g^2 loss
+
+
+@pytest.mark.parametrize("sde", [sg.VPSDE(T=0.5), sg.VESDE(sigma_max=10.0, T=2.0)], ids=repr)
+def test_importance_sampled_g2_loss_is_unbiased_when_T_is_not_one(sde):
+    """With t ~ g^2/sigma^2 the per-sample weight is Z/(T - eps), Z the log-SNR range, so that
+    the expectation is the uniform-t average (1/(T - eps)) int g^2 (...) dt. On T = 1 the
+    1/(T - eps) is ~1 and a missing factor hides; on T = 0.5 and 2 it is a factor ~2 / ~0.5.
+    Oracle: the quadrature constant of the exact score (closed form of the Gaussian-data DSM
+    optimum). Budget: 5 Monte-Carlo standard errors of the 100k-sample mean (unbiased
+    estimator). Control: the same mean without 1/(T - eps) is outside that band."""
+    from sdesolve_gen.losses import dsm_loss, dsm_optimum_gaussian
+
+    mu = torch.tensor([0.5, -1.0], dtype=F64)
+    cov = torch.tensor([[0.6, 0.2], [0.2, 0.3]], dtype=F64)
+    data = sg.analytic.Gaussian(mu, cov)
+    const = dsm_optimum_gaussian(sde, cov, weighting="g2")
+    n = 100_000
+    x0 = data.sample(n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    per = dsm_loss(data.score_fn(sde), sde, x0, weighting="g2", importance_sampling=True,
+                   generator=torch.Generator().manual_seed(1), reduce=False)
+    est, se = float(per.mean()), float(per.std()) / math.sqrt(n)
+    assert abs(est - const) <= 5 * se, (est, const, se)
+    wrong = est * (sde.T - sde.eps)  # the weight without 1/(T - eps)
+    assert abs(wrong - const) > 5 * se * (sde.T - sde.eps)
+
+
+# ------------------------------------------------------------------------------ dataset probe stderr
+
+
+def test_dataset_probe_stderr_is_the_spread_of_the_mean_over_probe_seeds():
+    """probe_stderr claims to be the standard error of mean_bpd due to the Hutchinson probes.
+    Check it against the spread of mean_bpd over R = 40 independent probe seeds on the same data
+    (N = 16 points of a 3-D Gaussian, K = 4 Rademacher probes, tight solver so the solver's part
+    is negligible). The sample sd over R runs has sd/sigma in the chi interval
+    [sqrt(q_0.0005/(R-1)), sqrt(q_0.9995/(R-1))] = [0.57, 1.48] (chi-square 39 dof quantiles 16.9
+    and 85.7); the reported value (mean over the runs) must sit in that band. Control: the
+    variant divided by sqrt(N) instead of N is sqrt(16) = 4 times larger and outside it."""
+    sde = sg.VPSDE()
+    D = 3
+    cov = torch.diag(torch.tensor([0.2, 0.5, 1.0], dtype=F64))
+    cov[0, 1] = cov[1, 0] = 0.15
+    data = sg.analytic.Gaussian(torch.zeros(D, dtype=F64), cov)
+    x = data.sample(16, generator=torch.Generator().manual_seed(5), dtype=F64)
+    R = 40
+    means, reported = [], []
+    for r in range(R):
+        res = sg.dataset_log_likelihood(sde, data.score_fn(sde), x, batch_size=8, seed=100 * r,
+                                        divergence="hutchinson", n_probes=4, rtol=1e-7, atol=1e-7)
+        means.append(res.mean_bpd)
+        reported.append(res.probe_stderr)
+    sd = float(torch.tensor(means, dtype=F64).std())
+    rep = float(torch.tensor(reported, dtype=F64).mean())
+    lo, hi = math.sqrt(16.9 / (R - 1)), math.sqrt(85.7 / (R - 1))
+    assert lo <= sd / rep <= hi, (sd, rep)
+    assert not lo <= sd / (rep * math.sqrt(16)) <= hi
