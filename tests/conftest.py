@@ -35,3 +35,13 @@ def device(request):
     if dev.type == "mps" and not torch.backends.mps.is_available():
         pytest.skip("--device mps requested but MPS is not available")
     return dev
+
+
+@pytest.fixture(autouse=True)
+def _fresh_global_rng():
+    """Every test starts from the same global torch RNG state (``torch.manual_seed(0)``, all
+    devices), so a test that draws from the global generator (e.g. an ``nn.Module``'s initial
+    weights) sees the same numbers whichever tests ran before it in the same process (xdist
+    spreads tests over workers in a run-dependent order)."""
+    torch.manual_seed(0)
+    yield
