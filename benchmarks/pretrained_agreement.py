@@ -1,5 +1,5 @@
 """Agreement and wall time of our samplers vs diffusers' schedulers (and k-diffusion) on a tiny
-random diffusers UNet2DModel, the setting of tests/test_pretrained.py.
+random diffusers UNet2DModel, the setting of tests/test_pretrained.py (:mod:`benchmarks.diffusers_pairs`).
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.pretrained_agreement [--batch 16] [--repeats 5]``.
 Prints a markdown table: for each pair, max abs and relative (Frobenius) difference of the final
@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, "tests")  # the test module holds the pairs and the UNet config
+import sdesolve_gen as sg
+from sdesolve_gen import samplers as S
+from sdesolve_gen.discrete import DiscreteVPSDE
+from sdesolve_gen.pretrained import TimestepModelScore
 
-import test_pretrained as T  # noqa: E402
-
-import sdesolve_gen as sg  # noqa: E402
-from benchmarks.peers import KDenoiser, load_k_sampling  # noqa: E402
-from sdesolve_gen import samplers as S  # noqa: E402
+from . import diffusers_pairs as T
+from .peers import KDenoiser, load_k_sampling
 
 
 def _time(fn, repeats):
@@ -42,7 +41,7 @@ def main(argv=None) -> None:
     rows = []
     g = torch.Generator().manual_seed(1)
     for ours, cls_name, cfg, _ in T.PAIRS + [("ancestral", "DDPMScheduler", {"clip_sample": False}, None)]:
-        sde, sch, unet, _, score = T._setup(cls_name, **cfg)
+        sde, sch, unet, _, score = T.setup(cls_name, **cfg)
         x_T = torch.randn(args.batch, 1, 8, 8, generator=g)
         if ours == "ancestral":
             ts = sde.time_of_timestep(sch.timesteps.double())
@@ -54,12 +53,12 @@ def main(argv=None) -> None:
             ref, td = _time(lambda: T.diffusers_loop(sch, unet, x_T.clone(), **kw), args.repeats)
             x, to = _time(lambda: S.SAMPLERS[ours](sde, score, x_T, ts).x, args.repeats)
         name = f"{cls_name}({', '.join(f'{k}={v}' for k, v in cfg.items() if k in ('timestep_spacing', 'solver_order', 'solver_type'))})"
-        rows.append((ours, "diffusers " + name, float((x - ref).abs().max()), T._rel(x, ref), td, to))
+        rows.append((ours, "diffusers " + name, float((x - ref).abs().max()), T.rel(x, ref), td, to))
     ks = load_k_sampling()
     if ks is not None:
-        sde = T.DiscreteVPSDE.from_betas("linear")
+        sde = DiscreteVPSDE.from_betas("linear")
         unet = T.tiny_unet()
-        score = T.TimestepModelScore(unet, sde)
+        score = TimestepModelScore(unet, sde)
         ts = sg.timesteps(sde, 10, kind="logsnr")
         x_T = torch.randn(args.batch, 1, 8, 8, generator=g)
         sig = (sde.sigma(ts) / sde.alpha(ts)).float()
@@ -72,7 +71,7 @@ def main(argv=None) -> None:
 
             ref, td = _time(run_k, args.repeats)
             x, to = _time(lambda: S.SAMPLERS[ours](sde, score, x_T, ts).x, args.repeats)
-            rows.append((ours, "k-diffusion " + k_name, float((x - ref).abs().max()), T._rel(x, ref), td, to))
+            rows.append((ours, "k-diffusion " + k_name, float((x - ref).abs().max()), T.rel(x, ref), td, to))
     print(f"batch {args.batch}, 1x8x8, 10 steps, float32, median of {args.repeats}; torch threads {torch.get_num_threads()}\n")
     print("| ours | peer | max abs diff | rel diff | peer ms/sample | ours ms/sample | ours/peer |")
     print("|---|---|---|---|---|---|---|")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import sdesolve_gen as sg
+from benchmarks import diffusers_pairs as P
 from sdesolve_gen import samplers as S
 from sdesolve_gen.discrete import DiscreteVPSDE, betas_for_schedule
 from sdesolve_gen.pretrained import DenoiserScore, TimestepModelScore, sde_from_scheduler_config
@@ -233,59 +234,16 @@ def test_adapter_bad_input_is_named():
 
 
 def tiny_unet(seed=0, **extra):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(seed)
-    cfg = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-               norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    cfg.update(extra)
-    return diffusers.UNet2DModel(**cfg).eval()
-
-
-def diffusers_loop(sch, unet, x, generator=None, **step_kw):
-    sch.set_timesteps(len(sch.timesteps))  # multistep schedulers keep state: reset it
-    with torch.no_grad():
-        for k in sch.timesteps:
-            eps = unet(x, k).sample
-            if generator is not None:
-                step_kw = {**step_kw, "generator": generator}
-            x = sch.step(eps, k, x, **step_kw).prev_sample
-    return x
+    pytest.importorskip("diffusers")
+    return P.tiny_unet(seed, **extra)
 
 
 def _setup(cls_name, n=10, **cfg):
-    diffusers = pytest.importorskip("diffusers")
-    sde = DiscreteVPSDE.from_betas("linear")
-    sch = getattr(diffusers, cls_name)(beta_schedule="linear", **cfg)
-    sch.set_timesteps(n)
-    unet = tiny_unet()
-    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    return sde, sch, unet, x_T, TimestepModelScore(unet, sde, "epsilon", num_train_timesteps=sch.config.num_train_timesteps)
+    pytest.importorskip("diffusers")
+    return P.setup(cls_name, n, **cfg)
 
 
-def _rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm())
-
-
-# (ours, diffusers class, its config, ours for the control)
-PAIRS = [
-    ("dpm_solver1", "DDIMScheduler", {"timestep_spacing": "trailing", "set_alpha_to_one": False, "clip_sample": False}, "dpm_solver_pp_2m"),
-    ("dpm_solver1", "DDIMScheduler", {"timestep_spacing": "leading", "set_alpha_to_one": False, "clip_sample": False}, "dpm_solver_pp_2m"),
-    ("dpm_solver_pp_2m", "DPMSolverMultistepScheduler",
-     {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": False, "final_sigmas_type": "sigma_min"}, "dpm_solver1"),
-    ("unipc_bh2_2", "UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2", "final_sigmas_type": "sigma_min"}, "unipc_bh1_2"),
-    ("unipc_bh1_3", "UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "final_sigmas_type": "sigma_min"}, "unipc_bh2_3"),
-]
-
-
-def our_grid(sde, sch, cls_name):
-    """Our times for the scheduler's timesteps; every scheduler here ends at training timestep 0
-    (DDIM: its final alpha_bar is alphas_cumprod[0]; multistep: final_sigmas_type="sigma_min").
-    Leading DDIM's timesteps already end at 0 and its last step (0 -> alphas_cumprod[0]) is the identity."""
-    k = sch.timesteps.double()
-    if not (cls_name == "DDIMScheduler" and int(k[-1]) == 0):
-        k = torch.cat([k, torch.zeros(1, dtype=F64)])
-    return sde.time_of_timestep(k)
+diffusers_loop, our_grid, _rel, PAIRS = P.diffusers_loop, P.our_grid, P.rel, P.PAIRS
 
 
 @pytest.mark.parametrize("ours, cls_name, cfg, control", PAIRS, ids=[f"{p[0]}-{p[1]}-{i}" for i, p in enumerate(PAIRS)])
