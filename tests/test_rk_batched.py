@@ -217,7 +217,8 @@ def test_likelihood_per_sample_within_10x_tol(name):
     exact divergence, exact prior). Negative control: the same check at a 100x looser controller
     tolerance (still compared with 10 x tol) fails. Also: a sample solved alone gives the same
     log p as in the batch to 1e-12 nats (independent steps; the exact trace's batched kernels may
-    round differently per batch size)."""
+    round differently per batch size). Measured: max 0.09 / 1.7 / 0.28 x tol (VP / VE / sub-VP),
+    control 33 / 397 / 66 x tol, alone vs batch <= 4.4e-16 nats."""
     sde = {"vp": sg.VPSDE, "ve": sg.VESDE, "subvp": sg.SubVPSDE}[name]()
     data = _mixture()
     x = data.sample(48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
