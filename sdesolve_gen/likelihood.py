@@ -34,8 +34,8 @@ log-density increment :math:`\delta` is controlled in *absolute* nats:
 ``log_prob``. The controller bounds local (per-step) errors and the global error is their sum,
 so the controller is run at ``c * (rtol, atol)`` with a per-method factor ``c`` calibrated
 against analytic densities (:data:`SOLVER_TOL_FACTOR`; 10 for the default ``dopri8``, whose
-embedded error estimate overstates its true local error by orders of magnitude, 1 for the other
-methods). Measured with the defaults on the benchmark mixtures (d = 2, 16, 64; VP, VE, sub-VP;
+embedded error estimate overstates its true local error by orders of magnitude, 0.25 for
+``dopri5_ps``, 1 for the other methods). Measured with the defaults on the benchmark mixtures (d = 2, 16, 64; VP, VE, sub-VP;
 B = 256; tol 1e-5; see the docs page): the worst sample's error was at most 1.6 x ``atol``.
 Diagnosis behind the choice: with dopri5 under the same per-sample norm the worst samples
 erred by 20-66 x tol, on VP and sub-VP almost all of it in the log-density state (the ``x``
@@ -54,9 +54,22 @@ into ``[eps, T]`` before the score is called, so the score is never evaluated ou
 ``[eps, T]`` (tested). No autograd graph is held across steps: each evaluation differentiates
 a detached copy of ``x`` and returns detached values.
 
-**Batches share a step size.** Even with per-sample error control, all samples of a chunk
-take the same steps, so a sample's result depends on its batch at the level of the tolerance.
-``per_sample=True`` (one solve per sample; slow) or ``chunk_size`` fix the composition.
+**Batches share a step size** (torchdiffeq methods). Even with per-sample error control, all
+samples of a chunk take the same steps, so a sample's result depends on its batch at the level of
+the tolerance. ``per_sample=True`` (one solve per sample; slow) or ``chunk_size`` fix the
+composition.
+
+**Independent steps per sample** (``method="dopri5_ps"``, :data:`PER_SAMPLE_METHODS`). Every
+sample has its own time, step, Dormand-Prince 5(4) error estimate and accept/reject decision
+(:func:`sdesolve_gen.rk_batched.solve_per_sample`, same per-sample norm as above, controller at
+:data:`SOLVER_TOL_FACTOR` ``= 0.25`` x tol); each batched score call advances all unfinished
+samples at their own times, so ``score_fn`` receives ``t`` of shape ``(B,)``, and finished
+samples leave the batch. A sample's result does not depend on its batch (bit-for-bit on scalar
+ODEs; ``log_prob`` alone and in a batch agree to 1e-12 nats in the tests).
+``nfe`` counts batched calls; ``extra["n_evals"]``, ``extra["n_steps"]`` and
+``extra["n_rejected"]`` are per sample ``(B,)``. ``gbs8_ps`` is the extrapolated midpoint rule of
+order 8 (17 calls per step; measured more expensive than ``dopri5_ps`` here). Not available for
+:func:`encode` / :func:`decode`; ``progress`` has no per-step bar for these methods.
 
 **Distributed.** :func:`log_likelihood` itself uses no collective operations; see
 :func:`dataset_log_likelihood` for a rank-sharded evaluation over a data set whose results are
@@ -87,6 +100,7 @@ from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, DivergenceEngine, draw_probes
 from .integrate import ADAPTIVE_ODE_METHODS, odeint
 from .reverse import check_model_kwargs, pf_velocity
+from .rk_batched import DOPRI5, Tableau, extrapolation_tableau, solve_per_sample
 from .sde import LinearSDE
 from .solution import Solution
 
@@ -96,9 +110,15 @@ ScoreFn = Callable[..., Tensor]
 __all__ = [
     "LikelihoodResult", "LikelihoodBound", "DatasetLikelihood", "log_likelihood", "log_likelihood_bound",
     "dataset_log_likelihood", "encode", "decode", "interpolate", "METHODS", "AUTO_EXACT_MAX_DIM", "SOLVER_TOL_FACTOR",
+    "PER_SAMPLE_METHODS",
 ]
 
-METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "rk4", "midpoint", "euler", "explicit_adams", "implicit_adams")
+#: methods with an independent time, step and accept/reject decision per sample
+#: (:mod:`sdesolve_gen.rk_batched`): Dormand-Prince 5(4) and the extrapolated midpoint rule 8(6)
+PER_SAMPLE_METHODS: Mapping[str, Tableau] = MappingProxyType(
+    {"dopri5_ps": DOPRI5, "gbs8_ps": extrapolation_tableau((2, 4, 6, 8))})
+METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "rk4", "midpoint", "euler", "explicit_adams",
+           "implicit_adams", *PER_SAMPLE_METHODS)
 _DIVERGENCES = ("auto", "exact", "hutchinson")
 _ERROR_CONTROLS = ("per_sample", "batch")
 #: ``divergence="auto"`` uses the exact trace up to this many dimensions per sample, Hutchinson
@@ -117,7 +137,11 @@ _DELTA_SCALE = 2.0**-20
 #: with factor 10: 0.2-1.6 x tol on the benchmark mixtures at tol 1e-5 (``benchmarks/likelihood.py``,
 #: docs table) and within 10 x tol on the condition-100 mixture at tol 1e-6 (tested); factor 30
 #: was cheaper (1.4-7.6 x tol on the mixtures) but erred by 13.5 x tol on that tested mixture.
-SOLVER_TOL_FACTOR: Mapping[str, float] = MappingProxyType({"dopri8": 10.0})
+#: ``dopri5_ps`` (independent steps per sample) runs at 0.25: its worst sample erred by 15.5 /
+#: 8.0 / 3.4 x tol at factor 1 / 0.5 / 0.25 on GMM16-VE (B = 256, tol 1e-5) and by 17.5 / 10.6 /
+#: 5.7 x tol on GMM64-VE (B = 64), almost all through the prior term (``x`` errors at large ``|z|``,
+#: coherent over the ``D`` coordinates); at 0.25 every measured mixture stayed within 5.7 x tol.
+SOLVER_TOL_FACTOR: Mapping[str, float] = MappingProxyType({"dopri8": 10.0, "dopri5_ps": 0.25})
 
 
 @dataclass(kw_only=True, repr=False)
@@ -185,7 +209,7 @@ class LikelihoodBound:
     log_q: Tensor
 
 
-def _slice_kwargs(kwargs: Dict[str, Any], B: int, sl: slice) -> Dict[str, Any]:
+def _slice_kwargs(kwargs: Dict[str, Any], B: int, sl: Union[slice, Tensor]) -> Dict[str, Any]:
     """Slice every tensor whose first dimension is the batch size (conditioning per sample)."""
     return {k: (v[sl] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v) for k, v in kwargs.items()}
 
@@ -208,18 +232,24 @@ class _Augmented(torch.nn.Module):
     differentiable = False  # sg.odeint detaches the initial state: no graph across steps
 
     def __init__(self, sde: LinearSDE, score_fn: ScoreFn, shape: Tuple[int, ...], probes: Optional[Tensor],
-                 t_lo: float, t_hi: float, chunk: Optional[int], kwargs: Dict[str, Any], scale: float) -> None:
+                 t_lo: float, t_hi: float, chunk: Optional[int], kwargs: Dict[str, Any], scale: float,
+                 batch: int = 0) -> None:
         super().__init__()
+        self.batch = batch  # full batch size: per-sample solves pass the active samples' index
         self.sde, self.score_fn, self.shape = sde, score_fn, shape
         self.probes, self.t_lo, self.t_hi = probes, t_lo, t_hi
         self.kwargs, self.scale = kwargs, scale
         self.engine = DivergenceEngine(chunk)
 
-    def forward(self, t: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+    def forward(self, t: Tensor, state: Tuple[Tensor, Tensor], index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``t`` 0-d, or ``(B,)`` per-sample times with ``index`` ``(B,)`` the samples' positions in the batch."""
         x, _ = state
         t64 = t.detach().to(torch.float64).clamp(self.t_lo, self.t_hi)
         B, D = x.shape
-        shape, kwargs = (B, *self.shape), self.kwargs
+        shape, kwargs, probes = (B, *self.shape), self.kwargs, self.probes
+        if index is not None:
+            kwargs = _slice_kwargs(kwargs, self.batch, index)
+            probes = None if probes is None else probes[:, index]
 
         def score(xf: Tensor) -> Tensor:
             s = self.score_fn(xf.reshape(shape), t64, **kwargs)
@@ -228,15 +258,18 @@ class _Augmented(torch.nn.Module):
                 raise ValueError(f"score_fn returned {got}, expected shape {shape}")
             return s.reshape(B, D)
 
-        s, div_s = self.engine(score, x, self.probes)
+        s, div_s = self.engine(score, x, probes)
         # one reduction: a sum is NaN/inf whenever an element is (overflow of finite values is
         # confirmed element-wise before raising)
         if not bool(torch.isfinite(s.sum() + div_s.sum())) and not (
             bool(torch.isfinite(s).all()) and bool(torch.isfinite(div_s).all())
         ):
-            raise NonFiniteError(f"the score or its divergence became non-finite (NaN/inf) at t={float(t64):.6g}")
+            where = f"{float(t64):.6g}" if t64.dim() == 0 else f"one of {float(t64.min()):.6g}..{float(t64.max()):.6g}"
+            raise NonFiniteError(f"the score or its divergence became non-finite (NaN/inf) at t={where}")
         a = self.sde.drift_coef(t64).to(x)
         g2 = self.sde.diffusion2(t64).to(x)
+        if t64.dim() == 1:
+            a, g2 = a[:, None], g2[:, None]
         dx = pf_velocity(self.sde, x, s, t64)
         ddelta = D * a - 0.5 * g2 * div_s
         return dx, ddelta * self.scale
@@ -264,7 +297,7 @@ def _check_step_size(method: str, step_size: Optional[float]) -> None:
     if step_size is None:
         return
     check_positive("step_size", step_size)
-    if method in ADAPTIVE_ODE_METHODS:
+    if method in ADAPTIVE_ODE_METHODS or method in PER_SAMPLE_METHODS:
         raise ValueError(f"step_size only applies to fixed-step methods; method={method!r} is adaptive "
                          "(it uses rtol/atol) and would ignore it")
 
@@ -293,7 +326,40 @@ def _prior_log_prob(sde: LinearSDE, prior: Any, z: Tensor) -> Tensor:
     return prior.log_prob(z).to(z)
 
 
+def _per_sample_ratio(rtol: float, atol: float) -> Callable[[Tuple[Tensor, ...], Tuple[Tensor, ...], Tuple[Tensor, ...]], Tensor]:
+    """Per sample (``(B,)``): max(RMS_D of e_x / (atol + rtol max(|x|, |x+|)), max_K |e_delta| / atol)."""
+
+    def ratio(err: Tuple[Tensor, ...], y0: Tuple[Tensor, ...], y1: Tuple[Tensor, ...]) -> Tensor:
+        ex, ed = err
+        rx = (ex / (atol + rtol * torch.maximum(y0[0].abs(), y1[0].abs()))).pow(2).mean(1).sqrt()
+        return torch.maximum(rx, ed.abs().amax(1) / atol)
+
+    return ratio
+
+
+def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs):
+    """One chunk under :func:`~sdesolve_gen.rk_batched.solve_per_sample` (own steps per sample)."""
+    B = x.shape[0]
+    K = 1 if probes is None else probes.shape[0]
+    func = _Augmented(sde, score_fn, tuple(x.shape[1:]), probes, eps, float(sde.T), div_chunk, kwargs, 1.0, batch=B)
+    factor = SOLVER_TOL_FACTOR.get(method, 1.0)
+    t0 = _time.perf_counter()
+    with torch.no_grad():
+        sol = solve_per_sample(lambda t, y, i: func(t, (y[0], y[1]), i), (x.reshape(B, -1), x.new_zeros(B, K)), eps,
+                               float(sde.T), error_ratio=_per_sample_ratio(factor * rtol, factor * atol),
+                               tableau=PER_SAMPLE_METHODS[method])
+    zf, delta = sol.y
+    z = zf.reshape(x.shape)
+    out = Solution(x=(zf, delta), method=method, nfe=sol.nfe, n_steps=int(sol.n_steps.max()),
+                   n_rejected=int(sol.n_rejected.max()), wall_time=_time.perf_counter() - t0,
+                   extra={"n_evals": sol.n_evals, "n_steps": sol.n_steps, "n_rejected": sol.n_rejected,
+                          "active_sizes": sol.active_sizes})
+    return z, delta, _prior_log_prob(sde, prior, z), out
+
+
 def _solve_chunk(sde, score_fn, x, probes, eps, method, rtol, atol, prior, step_size, div_chunk, kwargs, control, progress):
+    if method in PER_SAMPLE_METHODS:
+        return _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs)
     B = x.shape[0]
     shape = tuple(x.shape[1:])
     xf = x.reshape(B, -1)
@@ -314,6 +380,13 @@ def _solve_chunk(sde, score_fn, x, probes, eps, method, rtol, atol, prior, step_
     z = zf.reshape(x.shape)
     delta = dscaled / scale  # (B, K), exact: scale is a power of two
     return z, delta, _prior_log_prob(sde, prior, z), sol
+
+
+def _per_sample_counts(sols: List[Solution]) -> Dict[str, Tensor]:
+    """Per-sample ``n_evals`` / ``n_steps`` / ``n_rejected`` ``(B,)`` of independent-step solves ({} otherwise)."""
+    if not sols or "n_evals" not in sols[0].extra:
+        return {}
+    return {k: torch.cat([s.extra[k] for s in sols]) for k in ("n_evals", "n_steps", "n_rejected")}
 
 
 def _resolve_divergence(divergence: str, D: int) -> str:
@@ -361,17 +434,19 @@ def log_likelihood(
     Args:
         sde: the forward linear SDE.
         score_fn: ``(x, t, **model_kwargs) -> score``, ``x`` of shape ``(B, *shape)``, ``t`` a 0-d
-            float64 tensor; must be differentiable in ``x`` with its graph kept (raises
-            ``ValueError`` otherwise).
+            float64 tensor (``(B,)`` per-sample times for :data:`PER_SAMPLE_METHODS`); must be
+            differentiable in ``x`` with its graph kept (raises ``ValueError`` otherwise).
         x: data, shape ``(B, *shape)``, finite.
         method: torchdiffeq method; adaptive ones (``dopri8`` default) use ``rtol``/``atol``,
-            fixed-step ones use ``step_size`` (default ``(T - eps)/100``).
+            fixed-step ones use ``step_size`` (default ``(T - eps)/100``); ``"dopri5_ps"`` /
+            ``"gbs8_ps"``: independent steps per sample (see the module docstring; needs
+            ``error_control="per_sample"``).
         rtol, atol: adaptive tolerances. With ``error_control="per_sample"`` (default) ``atol``
             is the per-sample budget of ``log_prob`` in nats: per sample and per step, the RMS
             local error estimate of ``x`` is kept below ``c (atol + rtol|x|)`` and that of the
             log-density increment below ``c atol`` nats, with ``c`` =
             :data:`~sdesolve_gen.likelihood.SOLVER_TOL_FACTOR` for the method (10 for dopri8, whose
-            embedded estimate is pessimistic; 1 otherwise). Measured with the defaults: max
+            embedded estimate is pessimistic; 0.25 for dopri5_ps; 1 otherwise). Measured with the defaults: max
             per-sample error 0.2-1.6 x ``atol`` on the benchmark mixtures (see the module docstring).
         divergence: ``"auto"`` (default: ``"exact"`` for ``D <=`` :data:`~sdesolve_gen.likelihood.AUTO_EXACT_MAX_DIM`, else
             ``"hutchinson"``), ``"exact"`` (Jacobian trace, ``D`` backward passes per evaluation)
@@ -421,6 +496,8 @@ def log_likelihood(
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     if error_control not in _ERROR_CONTROLS:
         raise ValueError(f"error_control must be one of {_ERROR_CONTROLS}, got {error_control!r}")
+    if error_control == "batch" and method in PER_SAMPLE_METHODS:
+        raise ValueError(f"error_control='batch' needs a shared-step method; method={method!r} controls each sample on its own")
     eps_f = _check_eps(sde, eps)
     if isinstance(prior, str):
         if prior != "standard":
@@ -460,6 +537,7 @@ def log_likelihood(
             sols.append(sol)
         return torch.cat(zs), torch.cat(deltas), torch.cat(priors), sols
 
+    starts_list = list(range(0, B, size))
     z, delta, prior_lp, sols = run(rtol, atol, starts)
     per_probe = prior_lp[:, None] + delta
     log_prob = per_probe.mean(1)
@@ -481,7 +559,7 @@ def log_likelihood(
         nfe=sum(s.nfe for s in sols), n_steps=sum(s.n_steps for s in sols), n_rejected=sum(s.n_rejected for s in sols),
         wall_time=_time.perf_counter() - t0,
         extra={"method": method, "rtol": rtol, "atol": atol, "error_control": error_control, "eps": eps_f, "n_chunks": len(sols) // (2 if error_estimate else 1),
-               "signed_error": signed if error_estimate else None},
+               "signed_error": signed if error_estimate else None, **_per_sample_counts(sols[: len(starts_list)])},
         log_prob=log_prob, stderr=stderr, per_probe=per_probe, prior_log_prob=prior_lp, delta_log_prob=delta.mean(1),
         error_estimate=err, divergence=div,
     )
@@ -718,6 +796,8 @@ class _Flow(torch.nn.Module):
 def _flow(sde, score_fn, x, t_from, t_to, method, rtol, atol, step_size, model_kwargs, progress=False):
     ts = torch.tensor([t_from, t_to], dtype=torch.float64, device=x.device)
     lo, hi = min(t_from, t_to), max(t_from, t_to)
+    if method in PER_SAMPLE_METHODS:
+        raise ValueError(f"method={method!r} is only available in log_likelihood; encode/decode take {METHODS[:10]}")
     opts = _solver_options(method, ts, step_size)
     func = _Flow(sde, score_fn, lo, hi, check_model_kwargs(model_kwargs))
     with torch.no_grad():
