@@ -16,6 +16,24 @@ depends on that sample only), the divergence is :math:`\nabla\cdot s = \operator
   independent of ``D``; variance :math:`2\sum_{i\neq j} J_{ij}^2`-ish (Rademacher:
   :math:`\sum_{i\ne j} (J_{ij}^2 + J_{ij}J_{ji})`), zero when J is diagonal (e.g. isotropic).
 
+**Gaussian control variate** (:class:`GaussianControlVariate`, passed as
+``log_likelihood(divergence=GaussianControlVariate(cov))``): for data of covariance
+:math:`\Sigma` the linear SDE's marginal of a Gaussian :math:`\mathcal N(\mu, \Sigma)` has the
+x-independent score Jacobian :math:`C_t = -(\alpha_t^2\Sigma + \sigma_t^2 I)^{-1}`, and
+
+.. math:: \operatorname{tr} J = \mathbb E[\epsilon^\top (J - C_t)\,\epsilon] + \operatorname{tr} C_t
+
+is unbiased for any :math:`\Sigma`, with Rademacher variance
+:math:`2\|\mathrm{offdiag}\,\mathrm{sym}(J - C_t)\|_F^2` instead of that of :math:`J`. Cost: one
+``(K, B, D) x (D, D)`` product per evaluation (no extra backward pass).
+
+Hutch++ (a low-rank sketch of :math:`J` taken out exactly) is deliberately absent: the
+probability-flow score Jacobian of image data is close to :math:`-I/\sigma_t^2` plus a dense,
+flat-spectrum remainder, so deflating a rank-k sketch removes little while the projected
+residual probes lose Rademacher's exact diagonal. Measured on the digits U-Net (the integrated
+Jacobian of 4 held-out images, 16 log-spaced times): Hutch++ with ``m = 6..48`` vector-Jacobian
+products had 4-9x the standard deviation of Rademacher Hutchinson with the same ``m``.
+
 The score must be differentiable in ``x`` with its graph kept: a score built from
 ``torch.autograd.grad(log_p, x)`` needs ``create_graph=True``. A score whose output carries no
 graph back to ``x`` has a Jacobian autograd cannot see (it would silently count as 0), so
@@ -24,13 +42,14 @@ graph back to ``x`` has a Jacobian autograd cannot see (it would silently count 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["PROBES", "score_divergence", "draw_probes", "DivergenceEngine", "default_chunk", "CHUNK_ELEMENTS"]
+__all__ = ["PROBES", "score_divergence", "draw_probes", "DivergenceEngine", "default_chunk", "CHUNK_ELEMENTS",
+           "GaussianControlVariate"]
 
 PROBES = ("rademacher", "gaussian")
 #: working-set bound of one vectorised backward pass of the exact trace (elements of chunk x B x D)
@@ -186,3 +205,74 @@ def score_divergence(
         ValueError: if the score's output has no autograd graph back to ``x`` (graph cut).
     """
     return DivergenceEngine(chunk)._autograd(score, x, probes)
+
+
+class GaussianControlVariate:
+    r"""Hutchinson's estimator with a Gaussian fit's score Jacobian as control variate.
+
+    With :math:`\Sigma = U\,\mathrm{diag}(\lambda)\,U^\top` and
+    :math:`d_j(t) = 1/(\alpha_t^2\lambda_j + \sigma_t^2)`, the Gaussian marginal's score
+    Jacobian is :math:`C_t = -U\,\mathrm{diag}(d)\,U^\top`, so per probe
+
+    .. math:: \epsilon^\top J\epsilon - \epsilon^\top C_t\epsilon + \operatorname{tr} C_t
+              = \epsilon^\top J\epsilon + \sum_j d_j(t)\,\big((U^\top\epsilon)_j^2 - 1\big).
+
+    Unbiased for any positive semi-definite :math:`\Sigma` (both added terms have mean zero:
+    :math:`E[\epsilon\epsilon^\top] = I`); it lowers the variance when :math:`J \approx C_t`, i.e.
+    where the data look Gaussian at the scale :math:`\sigma_t` (large ``t``), and is exact
+    (zero variance) for Gaussian data. It can also raise the variance where :math:`J` is far
+    from :math:`C_t`: measured per-probe standard deviation on the digits U-Net 0.132 vs 0.144
+    bits/dim (32 held-out images), but RMS errors 4-35 % larger than plain Hutchinson on
+    condition-100 Gaussian mixtures (``benchmarks/likelihood_cv_coverage.py``); check with a pilot. Pass it as ``log_likelihood(divergence=cv)``; probes,
+    ``n_probes`` and ``probe`` work as for ``divergence="hutchinson"``.
+
+    Args:
+        cov: covariance :math:`\Sigma` of the flattened data, ``(D, D)``, symmetric positive
+            semi-definite (e.g. :meth:`from_data` of the training set).
+    """
+
+    def __init__(self, cov: Tensor) -> None:
+        if not isinstance(cov, torch.Tensor) or cov.dim() != 2 or cov.shape[0] != cov.shape[1] or cov.shape[0] < 1:
+            got = tuple(cov.shape) if isinstance(cov, torch.Tensor) else type(cov).__name__
+            raise ValueError(f"cov must be a square (D, D) tensor, got {got}")
+        if not cov.is_floating_point() or not bool(torch.isfinite(cov).all()):
+            raise ValueError("cov must be a finite floating-point tensor")
+        c64 = cov.detach().to(torch.float64)
+        scale = float(c64.abs().max()) or 1.0
+        if float((c64 - c64.T).abs().max()) > 1e-8 * scale:
+            raise ValueError("cov must be symmetric")
+        lam, U = torch.linalg.eigh(c64)
+        if float(lam.min()) < -1e-8 * scale:
+            raise ValueError(f"cov must be positive semi-definite, got eigenvalue {float(lam.min()):.3g}")
+        self.lam, self.U = lam.clamp(min=0.0), U
+
+    @classmethod
+    def from_data(cls, x: Tensor) -> "GaussianControlVariate":
+        """From samples ``(N, *shape)`` (N >= 2): the sample covariance of the flattened data."""
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 2:
+            raise ValueError("x must be a tensor of at least 2 samples, shape (N, *shape)")
+        return cls(torch.cov(x.reshape(x.shape[0], -1).to(torch.float64).T).reshape(x[0].numel(), x[0].numel()))
+
+    @property
+    def dim(self) -> int:
+        """D, the flattened data dimension."""
+        return int(self.lam.shape[0])
+
+    def correction(self, sde: Any, t: Tensor, probes: Tensor) -> Tensor:
+        r"""What to add to the per-probe estimates :math:`\epsilon_k^\top J\epsilon_k`: ``(B, K)``.
+
+        Args:
+            sde: the linear SDE (``log_alpha``, ``sigma2``).
+            t: 0-d float64 time, or ``(B,)`` per-sample times.
+            probes: ``(K, B, D)``.
+        """
+        a2 = torch.exp(2.0 * sde.log_alpha(t))
+        s2 = sde.sigma2(t)
+        if t.dim() == 1:
+            a2, s2 = a2[:, None], s2[:, None]
+        d = 1.0 / (a2 * self.lam.to(a2) + s2)  # (D,), or (B, D) for per-sample times
+        w = probes @ self.U.to(probes)  # (K, B, D)
+        return ((w * w - 1.0) * d.to(probes)).sum(-1).transpose(0, 1)
+
+    def __repr__(self) -> str:
+        return f"GaussianControlVariate(D={self.dim})"

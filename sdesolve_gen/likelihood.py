@@ -97,7 +97,7 @@ from ._checks import (
 )
 from ._gather import gather_in_order
 from .bpd import bits_per_dim as _bits_per_dim
-from .divergence import PROBES, DivergenceEngine, draw_probes
+from .divergence import PROBES, DivergenceEngine, GaussianControlVariate, draw_probes
 from .integrate import ADAPTIVE_ODE_METHODS, odeint
 from .reverse import check_model_kwargs, pf_velocity
 from .rk_batched import DOPRI5, Tableau, extrapolation_tableau, solve_per_sample
@@ -233,13 +233,14 @@ class _Augmented(torch.nn.Module):
 
     def __init__(self, sde: LinearSDE, score_fn: ScoreFn, shape: Tuple[int, ...], probes: Optional[Tensor],
                  t_lo: float, t_hi: float, chunk: Optional[int], kwargs: Dict[str, Any], scale: float,
-                 batch: int = 0) -> None:
+                 batch: int = 0, control: Optional[GaussianControlVariate] = None) -> None:
         super().__init__()
         self.batch = batch  # full batch size: per-sample solves pass the active samples' index
         self.sde, self.score_fn, self.shape = sde, score_fn, shape
         self.probes, self.t_lo, self.t_hi = probes, t_lo, t_hi
         self.kwargs, self.scale = kwargs, scale
         self.engine = DivergenceEngine(chunk)
+        self.control = control
 
     def forward(self, t: Tensor, state: Tuple[Tensor, Tensor], index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """``t`` 0-d, or ``(B,)`` per-sample times with ``index`` ``(B,)`` the samples' positions in the batch."""
@@ -259,6 +260,8 @@ class _Augmented(torch.nn.Module):
             return s.reshape(B, D)
 
         s, div_s = self.engine(score, x, probes)
+        if self.control is not None and probes is not None:
+            div_s = div_s + self.control.correction(self.sde, t64, probes)
         # one reduction: a sum is NaN/inf whenever an element is (overflow of finite values is
         # confirmed element-wise before raising)
         if not bool(torch.isfinite(s.sum() + div_s.sum())) and not (
@@ -337,11 +340,11 @@ def _per_sample_ratio(rtol: float, atol: float) -> Callable[[Tuple[Tensor, ...],
     return ratio
 
 
-def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs):
+def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs, cv=None):
     """One chunk under :func:`~sdesolve_gen.rk_batched.solve_per_sample` (own steps per sample)."""
     B = x.shape[0]
     K = 1 if probes is None else probes.shape[0]
-    func = _Augmented(sde, score_fn, tuple(x.shape[1:]), probes, eps, float(sde.T), div_chunk, kwargs, 1.0, batch=B)
+    func = _Augmented(sde, score_fn, tuple(x.shape[1:]), probes, eps, float(sde.T), div_chunk, kwargs, 1.0, batch=B, control=cv)
     factor = SOLVER_TOL_FACTOR.get(method, 1.0)
     t0 = _time.perf_counter()
     with torch.no_grad():
@@ -357,16 +360,17 @@ def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, 
     return z, delta, _prior_log_prob(sde, prior, z), out
 
 
-def _solve_chunk(sde, score_fn, x, probes, eps, method, rtol, atol, prior, step_size, div_chunk, kwargs, control, progress):
+def _solve_chunk(sde, score_fn, x, probes, eps, method, rtol, atol, prior, step_size, div_chunk, kwargs, control, progress,
+                 cv=None):
     if method in PER_SAMPLE_METHODS:
-        return _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs)
+        return _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs, cv)
     B = x.shape[0]
     shape = tuple(x.shape[1:])
     xf = x.reshape(B, -1)
     K = 1 if probes is None else probes.shape[0]
     per_sample = control == "per_sample" and method in ADAPTIVE_ODE_METHODS
     scale = _DELTA_SCALE if per_sample else 1.0
-    func = _Augmented(sde, score_fn, shape, probes, eps, float(sde.T), div_chunk, kwargs, scale)
+    func = _Augmented(sde, score_fn, shape, probes, eps, float(sde.T), div_chunk, kwargs, scale, control=cv)
     ts = torch.tensor([eps, float(sde.T)], dtype=torch.float64, device=x.device)
     delta0 = torch.zeros(B, K, dtype=x.dtype, device=x.device)
     opts = _solver_options(method, ts, step_size)
@@ -389,8 +393,12 @@ def _per_sample_counts(sols: List[Solution]) -> Dict[str, Tensor]:
     return {k: torch.cat([s.extra[k] for s in sols]) for k in ("n_evals", "n_steps", "n_rejected")}
 
 
-def _resolve_divergence(divergence: str, D: int) -> str:
-    if divergence not in _DIVERGENCES:
+def _resolve_divergence(divergence: Any, D: int) -> str:
+    if isinstance(divergence, GaussianControlVariate):
+        if divergence.dim != D:
+            raise ValueError(f"divergence: the GaussianControlVariate has D={divergence.dim}, but x has D={D} per sample")
+        return "hutchinson"
+    if not isinstance(divergence, str) or divergence not in _DIVERGENCES:
         raise ValueError(f"divergence must be one of {_DIVERGENCES}, got {divergence!r}")
     if divergence == "auto":
         return "exact" if D <= AUTO_EXACT_MAX_DIM else "hutchinson"
@@ -405,7 +413,7 @@ def log_likelihood(
     method: str = "dopri8",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    divergence: str = "auto",
+    divergence: Union[str, GaussianControlVariate] = "auto",
     n_probes: int = 1,
     probe: str = "rademacher",
     generator: Optional[torch.Generator] = None,
@@ -450,7 +458,10 @@ def log_likelihood(
             per-sample error 0.2-1.6 x ``atol`` on the benchmark mixtures (see the module docstring).
         divergence: ``"auto"`` (default: ``"exact"`` for ``D <=`` :data:`~sdesolve_gen.likelihood.AUTO_EXACT_MAX_DIM`, else
             ``"hutchinson"``), ``"exact"`` (Jacobian trace, ``D`` backward passes per evaluation)
-            or ``"hutchinson"`` (``n_probes`` backward passes per evaluation).
+            or ``"hutchinson"`` (``n_probes`` backward passes per evaluation), or a
+            :class:`~sdesolve_gen.divergence.GaussianControlVariate` (Hutchinson with a Gaussian
+            fit's score Jacobian as control variate: same cost; measured 1.2x lower per-probe
+            variance on the digits U-Net, but higher on strongly non-Gaussian mixtures).
         n_probes: number K of Hutchinson probes (drawn once per solve, held fixed; >= 1).
         probe: ``"rademacher"`` (default; lower variance) or ``"gaussian"``.
         generator: ``torch.Generator`` for the probes.
@@ -490,6 +501,7 @@ def log_likelihood(
     B = x.shape[0]
     D = x[0].numel()
     div = _resolve_divergence(divergence, D)
+    cv = divergence if isinstance(divergence, GaussianControlVariate) else None
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be an int >= 1, got {n_probes!r}")
     if probe not in PROBES:
@@ -530,7 +542,7 @@ def log_likelihood(
             sl = slice(i, i + size)
             p = None if probes is None else probes[:, sl]
             z, delta, plp, sol = _solve_chunk(sde, score_fn, x[sl], p, eps_f, method, rt, at, prior, step_size,
-                                              divergence_chunk, _slice_kwargs(kwargs, B, sl), error_control, progress)
+                                              divergence_chunk, _slice_kwargs(kwargs, B, sl), error_control, progress, cv)
             zs.append(z)
             deltas.append(delta)
             priors.append(plp)
