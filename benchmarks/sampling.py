@@ -11,8 +11,9 @@ Peers in the same run: diffusers (UniPC bh1/bh2 orders 2-3, DPM-Solver++ 2M/3M, 
 its default linspace timesteps and on Karras sigmas; see :func:`benchmarks.peers.diffusers_scheduler`)
 in float32, and k-diffusion (euler, heun, dpm_2, lms, dpm++2M on Karras grids ending at
 :math:`\tilde\sigma_{\min}`, dpm_fast, dpm_adaptive). Our NFE arithmetic comes from the registry
-(``SamplerSpec.steps_for``). Our calibrated grids are optimised on separate calibration noise and
-evaluated on the benchmark's (held-out) :math:`x_T`.
+(``SamplerSpec.steps_for``). Our calibrated grids (:data:`CALIBRATE_FULL`: UniPC-2 bh2 at every budget,
+DPM-Solver++(2M) at the smallest) are optimised on separate calibration noise (seed 30) and evaluated
+on the benchmark's (held-out) :math:`x_T` (seed 3).
 """
 
 from __future__ import annotations
