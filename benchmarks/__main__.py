@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--out DIR] [--only NAME ...]``: run the benchmarks, write
+"""``python -m benchmarks [--quick] [--out DIR] [--only NAME ...] [--jobs N]``: run the benchmarks, write
 ``results.md``, ``results.json`` and the scaling PNGs to ``--out`` (default ``benchmarks/results``)."""
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"), help="output directory")
     ap.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median)")
+    ap.add_argument("--jobs", type=int, default=1, help="sampling: run its problems in this many processes")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 2)
     if repeats < 1:
         ap.error("--repeats must be >= 1")
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
     os.makedirs(args.out, exist_ok=True)
     results = {
         "mode": "quick" if args.quick else "full",
@@ -42,6 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             mod = importlib.import_module(f"benchmarks.{name}")
             kw = {"out": args.out} if name in ("scaling", "sampling") else {}
+            if name == "sampling" and args.jobs > 1:
+                kw["jobs"] = args.jobs
             res = mod.run(quick=args.quick, repeats=repeats, **kw)
         except ImportError as e:
             msg = f"{name}: not available yet ({e})"

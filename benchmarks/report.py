@@ -66,8 +66,9 @@ def write(results: Dict[str, Any], out: str) -> Dict[str, str]:
                   "(the ranking metric; empty for stochastic samplers); sw2: sliced W2 to exact samples, a distribution "
                   "check only (the 'exact samples (floor)' row is its Monte-Carlo floor); time: median seconds.\n")
         if sm.get("calibration"):
-            md.append("Calibration cost (batched score calls on the calibration noise; dopri5 reference + search):\n")
-            md.append(table(sm["calibration"], ["problem", "method", "nfe", "steps", "nfe_reference", "nfe_search",
+            md.append("Calibration cost (batched score calls on the calib_n calibration noise samples; dopri5 reference, "
+                      "solved once per problem and shared by its grids, + search; seconds: the search):\n")
+            md.append(table(sm["calibration"], ["problem", "method", "nfe", "steps", "calib_n", "max_evals", "nfe_reference", "nfe_search",
                                                 "nfe_total", "evaluations", "seconds", "error_start", "error_calibrated"]))
         md += [f"* plot: `{os.path.basename(p)}`" for p in sm.get("plots", [])]
         md.append(table(sm["rows"], ["problem", "method", "nfe_budget", "nfe", "err", "sw2", "time"]))

@@ -54,7 +54,8 @@ def test_quick_command_writes_report(tmp_path, monkeypatch):
     """Every non-plot section end to end (sampling at tiny sizes); the report has the keys."""
     import benchmarks.sampling as samp
 
-    monkeypatch.setattr(samp, "QUICK", {"dims": [2], "nfes": [10], "n": 200, "calib_n": 50, "calib_evals": 10})
+    monkeypatch.setattr(samp, "QUICK", {"dims": [2], "nfes": [10], "n": 200, "calib_n": 50,
+                                        "calibrate": {10: (("unipc_bh2_2", 10),)}})
     out = tmp_path / "res"
     assert main(["--quick", "--out", str(out), "--only", "sampling", "likelihood", "em_overhead", "pf_ode_nfe"]) == 0
     res = json.loads((out / "results.json").read_text())
