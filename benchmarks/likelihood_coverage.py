@@ -1,7 +1,7 @@
 r"""Coverage of Hutchinson's reported stderr, per sample, at several K and D (Rademacher default).
 
-Target: the condition-number-100 mixtures of ``tests/test_likelihood_trust.py`` (``_ill_conditioned``,
-re-built here), VP, 150 held-out points, ``rtol = atol = 1e-5``, exact prior. For each (D, K):
+Target: the condition-number-100 mixtures of ``tests/test_likelihood_trust.py`` (:func:`benchmarks.problems.ill_conditioned`),
+VP, 150 held-out points, ``rtol = atol = 1e-5``, exact prior. For each (D, K):
 the fraction of samples with ``|mean_k l_k - l_exact| <= t_{K-1,0.975} * stderr`` (nominal 0.95,
 binomial sd 0.018 at N = 150), the same with ``stderr / 2`` (a negative control: must fall well
 below), and the RMS error of the estimate in nats.
@@ -19,19 +19,8 @@ from typing import Any, Dict, List
 import torch
 
 import sdesolve_gen as sg
-from sdesolve_gen.analytic import GaussianMixture
 
-
-def ill_conditioned(d: int, k: int = 4, seed: int = 0) -> GaussianMixture:
-    """k Gaussians in d dims, eigenvalues log-spaced in [0.01, 1] along random rotations."""
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(k, d, generator=g, dtype=torch.float64)
-    covs = []
-    for _ in range(k):
-        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-        covs.append(q @ torch.diag(torch.logspace(-2, 0, d, dtype=torch.float64)) @ q.T)
-    w = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
-    return GaussianMixture(means, torch.stack(covs), w / w.sum())
+from .problems import ill_conditioned
 
 
 def run(dims=(4, 12, 32), ks=(4, 8, 32), n: int = 150, log=print) -> Dict[str, Any]:

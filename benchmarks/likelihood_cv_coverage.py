@@ -22,7 +22,7 @@ import torch
 import sdesolve_gen as sg
 from sdesolve_gen.divergence import GaussianControlVariate
 
-from .likelihood_coverage import ill_conditioned
+from .problems import ill_conditioned
 
 
 def run(cases=((4, 8), (12, 4), (12, 32), (32, 8)), n: int = 150, log=print) -> Dict[str, Any]:

@@ -23,6 +23,20 @@ def gmm(dim: int, k: int = 5, seed: int = 0) -> GaussianMixture:
     return GaussianMixture(means, covs, w / w.sum())
 
 
+def ill_conditioned(d: int, k: int = 4, seed: int = 0) -> GaussianMixture:
+    """k Gaussians in d dims, each with eigenvalues log-spaced in [0.01, 1] (condition number 100)
+    along its own random rotation: non-isotropic score Jacobians everywhere (the likelihood trust
+    tests' and coverage benchmarks' target)."""
+    g = torch.Generator().manual_seed(seed)
+    means = 1.5 * torch.randn(k, d, generator=g, dtype=torch.float64)
+    covs = []
+    for _ in range(k):
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        covs.append(q @ torch.diag(torch.logspace(-2, 0, d, dtype=torch.float64)) @ q.T)
+    w = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
+    return GaussianMixture(means, torch.stack(covs), w / w.sum())
+
+
 def diag_gaussian(dim: int, seed: int = 0) -> Gaussian:
     """A Gaussian with mean ~ N(0, 1) and diagonal covariance in [0.1, 1] (float64, seeded)."""
     g = torch.Generator().manual_seed(seed)

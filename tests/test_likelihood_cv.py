@@ -9,21 +9,9 @@ import pytest
 import torch
 
 import sdesolve_gen as sg
-from sdesolve_gen.analytic import Gaussian, GaussianMixture
+from benchmarks.problems import ill_conditioned
+from sdesolve_gen.analytic import Gaussian
 from sdesolve_gen.divergence import GaussianControlVariate
-
-
-def _mixture(d: int, k: int = 4, seed: int = 0) -> GaussianMixture:
-    """k Gaussians in d dims with eigenvalues log-spaced in [0.01, 1] (condition number 100) along
-    random rotations: non-isotropic, non-Gaussian, so the control variate is not exact."""
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(k, d, generator=g, dtype=torch.float64)
-    covs = []
-    for _ in range(k):
-        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-        covs.append(q @ torch.diag(torch.logspace(-2, 0, d, dtype=torch.float64)) @ q.T)
-    w = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
-    return GaussianMixture(means, torch.stack(covs), w / w.sum())
 
 
 def _mixture_cov(means: torch.Tensor, covs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -69,7 +57,7 @@ def test_control_variate_stderr_covers_per_sample(D, K):
     variate is the mixture's own covariance (closed form above), not exact for a mixture."""
     from scipy.stats import t as student_t
 
-    data = _mixture(D, seed=D)
+    data = ill_conditioned(D, seed=D)
     cov = _mixture_cov(data.means, data.covs, data.weights)
     sde = sg.VPSDE()
     n = 150
@@ -106,7 +94,7 @@ def test_control_variate_bad_input():
         GaussianControlVariate(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="at least 2 samples"):
         GaussianControlVariate.from_data(torch.ones(1, 3))
-    data = _mixture(3)
+    data = ill_conditioned(3)
     sde = sg.VPSDE()
     x = data.sample(2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match="D=4, but x has D=3"):

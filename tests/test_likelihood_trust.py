@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import sdesolve_gen as sg
-from sdesolve_gen.analytic import Gaussian, GaussianMixture
+from benchmarks.problems import ill_conditioned
+from sdesolve_gen.analytic import Gaussian
 from sdesolve_gen.divergence import DivergenceEngine, score_divergence
 from sdesolve_gen.likelihood import LikelihoodBound, LikelihoodResult, dataset_log_likelihood
 
@@ -23,22 +24,9 @@ TOL = 1e-6
 SDES = {"vp": sg.VPSDE, "ve": sg.VESDE, "subvp": sg.SubVPSDE}
 
 
-def _ill_conditioned(d: int = 6, k: int = 4, seed: int = 0) -> GaussianMixture:
-    """Mixture of k Gaussians in d dims, each with eigenvalues log-spaced in [0.01, 1] (condition
-    number 100) along a random rotation: non-isotropic Jacobians everywhere."""
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(k, d, generator=g, dtype=torch.float64)
-    covs = []
-    for _ in range(k):
-        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-        covs.append(q @ torch.diag(torch.logspace(-2, 0, d, dtype=torch.float64)) @ q.T)
-    w = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
-    return GaussianMixture(means, torch.stack(covs), w / w.sum())
-
-
 @pytest.fixture(scope="module")
 def hard():
-    data = _ill_conditioned()
+    data = ill_conditioned(6)
     x = data.sample(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     return data, x
 
@@ -208,7 +196,7 @@ def test_hutchinson_stderr_covers_per_sample(D, K):
     binomial sd = sqrt(.95 * .05 / 150) = 0.018; asserted coverage in [0.95 - 3 sd, 1] = [0.897, 1].
     Negative control: the same check on stderr / 2 (coverage ~0.68 for Gaussian-like estimates)
     must fail. Target non-isotropic (condition number 100), so the probe variance is non-zero."""
-    data = _ill_conditioned(d=D, seed=D)
+    data = ill_conditioned(D, seed=D)
     sde = sg.VPSDE()
     x = data.sample(150, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     kw = dict(rtol=1e-5, atol=1e-5, prior=data.prior(sde))
@@ -234,7 +222,7 @@ def test_rademacher_is_the_default_probe():
 
 
 def _toy():
-    data = _ill_conditioned(d=3, k=2, seed=5)
+    data = ill_conditioned(3, k=2, seed=5)
     x = data.sample(10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     return data, x
 
