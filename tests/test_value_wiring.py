@@ -657,3 +657,117 @@ def test_cli_likelihood_passes_rtol_and_atol(tiny_checkpoint, capsys, monkeypatc
     rc, _, err = _run(["likelihood", tiny_checkpoint, "-n", "2", "--rtol", "1e-2", "--atol", "3e-3"], capsys)
     assert rc == 0, err
     assert seen == [(1e-2, 3e-3)]
+
+
+# ============================================================================== planted-bug run 4
+# Value tests for bugs of the fourth planted-bug run that its related test files missed.
+
+
+def test_pchip_interior_slopes_are_the_harmonic_mean_of_the_secants():
+    """Fritsch-Carlson on a uniform grid: m_k = 2 / (1/d_{k-1} + 1/d_k), d the secant slopes
+    (hand computed here). Control: the arithmetic mean differs on this uneven sequence."""
+    from sdesolve_gen.discrete import _pchip_slopes
+
+    y = torch.tensor([0.0, 1.0, 3.0, 3.5, 6.0], dtype=F64)
+    h = 0.25
+    d = [(float(y[k + 1]) - float(y[k])) / h for k in range(4)]
+    want = [2.0 / (1.0 / d[k - 1] + 1.0 / d[k]) for k in (1, 2, 3)]
+    got = _pchip_slopes(y, h)[1:-1].tolist()
+    assert got == pytest.approx(want, rel=1e-14)
+    assert max(abs(0.5 * (d[k - 1] + d[k]) - w) for k, w in zip((1, 2, 3), want)) > 1.0
+
+
+def test_adaptive_sde_error_norm_is_a_per_sample_rms():
+    """adaptive_sde's documented error is the RMS over a sample's D coordinates. With noise that
+    repeats one draw in all 4 coordinates (a SeedStreams whose draws are replicated) and a
+    coordinate-wise score, the 4-D problem is the 1-D problem in every coordinate: same steps,
+    same result. Control: a 2-norm is the RMS times sqrt(4) = 2, i.e. the RMS at tolerances / 2,
+    which takes other steps."""
+    from sdesolve_gen.seeds import SeedStreams
+
+    class Replicated(SeedStreams):
+        def randn(self, shape, *, dtype=None, device=None):
+            one = super().randn((shape[0], 1), dtype=dtype, device=device)
+            return one.expand(*shape).contiguous()
+
+    sde = sg.VPSDE()
+    ts = torch.tensor([sde.T, sde.eps], dtype=F64)
+    g1 = sg.analytic.Gaussian(torch.zeros(1, dtype=F64), torch.full((1, 1), 0.3, dtype=F64)).score_fn(sde)
+    g4 = sg.analytic.Gaussian(torch.zeros(4, dtype=F64), 0.3 * torch.eye(4, dtype=F64)).score_fn(sde)
+    x1 = torch.randn(6, 1, generator=torch.Generator().manual_seed(2), dtype=F64)
+
+    def run(score, x, tol):
+        return S.adaptive_sde(sde, score, x, ts, generator=Replicated(list(range(6))), rtol=tol, atol=tol)
+
+    one, four = run(g1, x1, 5e-2), run(g4, x1.repeat(1, 4), 5e-2)
+    assert (four.n_steps, four.n_rejected) == (one.n_steps, one.n_rejected)
+    torch.testing.assert_close(four.x, one.x.repeat(1, 4), rtol=0, atol=1e-12)
+    l2 = run(g4, x1.repeat(1, 4), 2.5e-2)
+    assert (l2.n_steps, l2.n_rejected) != (one.n_steps, one.n_rejected)
+
+
+def test_annealed_langevin_converges_to_the_discrete_chains_stationary_variance():
+    """At its last level the chain x <- x + (a/2) s + sqrt(a) z on p = N(0, w) (data N(0, v) under
+    VE, w = v + sigma_L^2, a = step_lr) is x <- rho x + sqrt(a) z, rho = 1 - a/(2w), whose
+    stationary variance is a/(1 - rho^2) = w/(1 - a/(4w)) (closed form). With a = w/2 and 80
+    steps, rho^160 < 1e-19: converged. B = 40000: the sample variance is within 5 of its
+    standard errors (var sqrt(2/B)). Control: the chain without the 1/2 (stationary variance
+    2w/3) is outside that band."""
+    v = 0.01  # (step_lr must stay below 2 sigma_L^2: a late level with sigma_L = 2.5)
+    sde = sg.VESDE(sigma_min=0.01, sigma_max=10.0)
+    ts = torch.tensor([0.9, 0.8], dtype=F64)
+    s_L = 0.01 * (10.0 / 0.01) ** 0.8
+    w = v + s_L**2
+    a = 0.5 * w
+    data = sg.analytic.Gaussian(torch.zeros(1, dtype=F64), torch.full((1, 1), v, dtype=F64))
+    B = 40_000
+    x_T = 3.0 * torch.randn(B, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    out = S.annealed_langevin(sde, data.score_fn(sde), x_T, ts, generator=torch.Generator().manual_seed(1),
+                              n_steps_each=80, step_lr=a).x
+    want = w / (1 - a / (4 * w))
+    band = 5 * want * math.sqrt(2 / B)
+    assert abs(float(out.var()) - want) <= band, (float(out.var()), want)
+    assert abs(2 * w / 3 - want) > band
+
+
+def test_float64_normals_use_53_bit_uniforms_from_the_word_pairs():
+    """normal_from_words (float64): u = (floor((c1 2^32 + c0) / 2^11) + 1/2) 2^-53, likewise from
+    (c3, c2), then Box-Muller; computed here with Python integers and math for 50 random blocks,
+    to 1e-15. Control: a uniform built with >> 12 differs by more than 1e-12 somewhere."""
+    from sdesolve_gen.philox import normal_from_words
+
+    g = torch.Generator().manual_seed(4)
+    words = torch.randint(0, 2**32, (4, 50), generator=g, dtype=torch.int64)
+    got = normal_from_words(words, torch.float64)
+
+    def by_hand(shift):
+        out = []
+        for j in range(50):
+            c = [int(words[k, j]) for k in range(4)]
+            u1 = ((((c[1] << 32) | c[0]) >> 11 if shift == 11 else ((c[1] << 21) | (c[0] >> shift))) + 0.5) * 2.0**-53
+            u2 = ((((c[3] << 32) | c[2]) >> 11) + 0.5) * 2.0**-53
+            r = math.sqrt(-2.0 * math.log(u1))
+            out += [r * math.cos(2 * math.pi * u2), r * math.sin(2 * math.pi * u2)]
+        return torch.tensor(out, dtype=F64)
+
+    torch.testing.assert_close(got, by_hand(11), rtol=1e-15, atol=1e-15)
+    assert float((by_hand(12) - by_hand(11)).abs().max()) > 1e-12
+
+
+def test_cli_weights_selects_the_ema_or_the_raw_weights(tiny_checkpoint):
+    """``--weights ema`` loads the checkpoint's EMA average and ``--weights raw`` the trained
+    weights (compared with the checkpoint's own tensors); the two differ for this run."""
+    from sdesolve_gen.train import EMA, load_checkpoint
+
+    state = load_checkpoint(tiny_checkpoint)
+    ema_model = cli._load_model(tiny_checkpoint, "ema")["model"]
+    raw_model = cli._load_model(tiny_checkpoint, "raw")["model"]
+    raw_sd = state["model"]
+    for k, v in raw_model.state_dict().items():
+        assert torch.equal(v, raw_sd[k]), k
+    ema = EMA(raw_model)
+    ema.load_state_dict(state["ema"])
+    shadow = [p.detach() for p in ema.shadow]
+    for p, q in zip(ema_model.parameters(), shadow):
+        assert torch.equal(p.detach(), q)
+    assert any(not torch.equal(p, q) for p, q in zip(ema_model.parameters(), raw_model.parameters()))
