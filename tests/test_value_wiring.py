@@ -771,3 +771,38 @@ def test_cli_weights_selects_the_ema_or_the_raw_weights(tiny_checkpoint):
     for p, q in zip(ema_model.parameters(), shadow):
         assert torch.equal(p.detach(), q)
     assert any(not torch.equal(p, q) for p, q in zip(ema_model.parameters(), raw_model.parameters()))
+
+
+def test_trainer_ranks_draw_different_data_and_noise(monkeypatch):
+    """Under DDP every rank must train on its own times and noise: the Trainer seeds its noise
+    generator with 10000 + seed + rank and its data generator with seed + rank (documented
+    streams). Checked on rank 1 of a simulated 2-rank group (torch.distributed's queries
+    monkeypatched, DDP wrapping replaced by the identity): rank 1's first DSM noise draws differ
+    from rank 0's and equal those of a generator seeded 10000 + seed + 1. Control: rank 0's draws
+    equal those seeded 10000 + seed."""
+    import torch.distributed as dist
+
+    from sdesolve_gen import train as train_mod
+
+    sde = sg.VPSDE()
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+
+    def make(rank):
+        if rank is not None:
+            monkeypatch.setattr(dist, "is_available", lambda: True)
+            monkeypatch.setattr(dist, "is_initialized", lambda: True)
+            monkeypatch.setattr(dist, "get_rank", lambda *a, **k: rank)
+            monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+            monkeypatch.setattr(train_mod.nn.parallel, "DistributedDataParallel", lambda m, **kw: m)
+        tr = sg.Trainer(sg.ScoreModel(sg.MLPScoreNet(2, hidden=8, depth=1), sde), sde, x, batch_size=8, seed=3, log_every=0)
+        monkeypatch.undo()
+        return tr
+
+    r0, r1 = make(None), make(1)
+    assert (r0.rank, r1.rank) == (0, 1)
+    draw = lambda g: torch.rand(16, generator=g, dtype=torch.float64)  # noqa: E731
+    n0, n1 = draw(r0.g_noise), draw(r1.g_noise)
+    assert not torch.equal(n0, n1)
+    assert torch.equal(n1, draw(torch.Generator().manual_seed(10_000 + 3 + 1)))
+    assert torch.equal(n0, draw(torch.Generator().manual_seed(10_000 + 3)))
+    assert not torch.equal(draw(r0.g_data), draw(r1.g_data))
