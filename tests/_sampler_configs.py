@@ -19,6 +19,20 @@ def target():
     )
 
 
+_VP_REFERENCE = {}
+
+
+def vp_reference():
+    """``(sde, data, x_T, ref)``: VP, :func:`target`, 1000 prior draws (seed 0) and their dopri5
+    (rtol = atol = 1e-9) probability-flow solutions at eps; computed once per process."""
+    if "vp" not in _VP_REFERENCE:
+        sde, data = sg.VPSDE(), target()
+        x_T = data.prior(sde).sample(1000, generator=torch.Generator().manual_seed(0), dtype=F64)
+        ref = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
+        _VP_REFERENCE["vp"] = (sde, data, x_T, ref)
+    return _VP_REFERENCE["vp"]
+
+
 VP, VE = sg.VPSDE(), sg.VESDE(sigma_min=0.01, sigma_max=20.0)
 
 # name -> (sde, sampler, grid, kwargs)

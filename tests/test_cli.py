@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from _cli_run import run_cli
 
 from sdesolve_gen import cli
 from sdesolve_gen.demo import CURVE_SAMPLERS, FLOOR_NAME, run_demo, sliced_w2
@@ -17,13 +18,7 @@ SMALL = ["-n", "400", "--em-steps", "40", "--pc-steps", "20", "--dpm-steps", "4"
 COMMANDS = ["demo", "train", "sample", "likelihood", "bench"]
 
 
-def run(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:  # argparse exits for --help and parse errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 def test_demo_small_writes_png_and_prints_table(tmp_path, capsys, monkeypatch):

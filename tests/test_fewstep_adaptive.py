@@ -6,23 +6,14 @@ import math
 
 import pytest
 import torch
-from _sampler_configs import F64, target
+from _sampler_configs import F64, target, vp_reference
 
 import sdesolve_gen as sg
 from sdesolve_gen import samplers as S
 from sdesolve_gen.integrate import timesteps
 from sdesolve_gen.samplers import SAMPLERS
 
-_REF = {}
-
-
-def _problem():
-    if "vp" not in _REF:
-        sde, data = sg.VPSDE(), target()
-        x_T = data.prior(sde).sample(1000, generator=torch.Generator().manual_seed(0), dtype=F64)
-        ref = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
-        _REF["vp"] = (sde, data, x_T, ref)
-    return _REF["vp"]
+_problem = vp_reference
 
 
 def _lam(sde, t):

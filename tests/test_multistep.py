@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _sampler_configs import F64, target
+from _sampler_configs import F64, target, vp_reference
 
 import sdesolve_gen as sg
 from sdesolve_gen import samplers as S
@@ -22,16 +22,7 @@ from sdesolve_gen.samplers import SAMPLERS, SamplerSpec
 
 BANDS = {1: (0.8, 1.3), 2: (1.6, 2.6), 3: (2.5, 4.2)}
 FIXED_DET = [s.name for s in SAMPLERS.select(stochastic=False, adaptive=False)]
-_REF = {}
-
-
-def _problem():
-    if "vp" not in _REF:
-        sde, data = sg.VPSDE(), target()
-        x_T = data.prior(sde).sample(1000, generator=torch.Generator().manual_seed(0), dtype=F64)
-        ref = S.ode(sde, data.score_fn(sde), x_T, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
-        _REF["vp"] = (sde, data, x_T, ref)
-    return _REF["vp"]
+_problem = vp_reference
 
 
 def measured_order(spec: SamplerSpec, nfes=(40, 80, 160)) -> float:

@@ -10,20 +10,14 @@ import sys
 
 import pytest
 import torch
+from _cli_run import run_cli
 
-from sdesolve_gen import cli
 from sdesolve_gen.train import load_checkpoint
 
 TINY = ["--steps", "12", "--batch-size", "16", "--every", "6"]
 
 
-def run(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 def _tensors(obj, prefix=""):

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _cli_run import run_cli
 
 import sdesolve_gen as sg
 from sdesolve_gen import cli
@@ -128,13 +129,7 @@ def test_inpaint_renoises_known_coordinates_with_sigma():
 # ------------------------------------------------------------------------------ CLI wiring
 
 
-def _run(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+_run = run_cli
 
 
 @pytest.fixture(scope="module")
