@@ -23,9 +23,18 @@ import sdesolve_gen as sg
 from .problems import ill_conditioned
 
 
-def run(dims=(4, 12, 32), ks=(4, 8, 32), n: int = 150, log=print) -> Dict[str, Any]:
+def coverage_row(h: Any, exact: torch.Tensor, **fields: Any) -> Dict[str, Any]:
+    """``fields`` plus the coverage of ``h`` (a K-probe result, ``fields["K"]`` probes) against the
+    exact log-likelihoods at the Student-t 95% level, the same with stderr / 2, and the RMS error."""
     from scipy.stats import t as student_t
 
+    q = float(student_t.ppf(0.975, fields["K"] - 1))
+    dev = (h.log_prob - exact).abs()
+    return dict(fields, coverage=float((dev <= q * h.stderr).double().mean()),
+                coverage_half_stderr=float((dev <= q * h.stderr / 2).double().mean()), rms_err=float(dev.pow(2).mean().sqrt()))
+
+
+def run(dims=(4, 12, 32), ks=(4, 8, 32), n: int = 150, log=print) -> Dict[str, Any]:
     sde = sg.VPSDE()
     rows: List[Dict[str, Any]] = []
     for D in dims:
@@ -36,11 +45,7 @@ def run(dims=(4, 12, 32), ks=(4, 8, 32), n: int = 150, log=print) -> Dict[str, A
         for K in ks:
             h = sg.log_likelihood(sde, data.score_fn(sde), x, divergence="hutchinson", n_probes=K,
                                   generator=torch.Generator().manual_seed(3), **kw)
-            q = float(student_t.ppf(0.975, K - 1))
-            dev = (h.log_prob - exact).abs()
-            r = dict(D=D, K=K, n=n, coverage=float((dev <= q * h.stderr).double().mean()),
-                     coverage_half_stderr=float((dev <= q * h.stderr / 2).double().mean()),
-                     rms_err=float(dev.pow(2).mean().sqrt()))
+            r = coverage_row(h, exact, D=D, K=K, n=n)
             rows.append(r)
             log(f"  D={D:3d} K={K:3d} coverage {r['coverage']:.3f}  (stderr/2: {r['coverage_half_stderr']:.3f})  RMS err {r['rms_err']:.3f} nats")
     return {"rows": rows}
