@@ -549,8 +549,8 @@ def log_likelihood(
             sols.append(sol)
         return torch.cat(zs), torch.cat(deltas), torch.cat(priors), sols
 
-    starts_list = list(range(0, B, size))
     z, delta, prior_lp, sols = run(rtol, atol, starts)
+    counts = _per_sample_counts(sols)  # of this solve (not the tighter error-estimate one)
     per_probe = prior_lp[:, None] + delta
     log_prob = per_probe.mean(1)
     K = per_probe.shape[1]
@@ -571,7 +571,7 @@ def log_likelihood(
         nfe=sum(s.nfe for s in sols), n_steps=sum(s.n_steps for s in sols), n_rejected=sum(s.n_rejected for s in sols),
         wall_time=_time.perf_counter() - t0,
         extra={"method": method, "rtol": rtol, "atol": atol, "error_control": error_control, "eps": eps_f, "n_chunks": len(sols) // (2 if error_estimate else 1),
-               "signed_error": signed if error_estimate else None, **_per_sample_counts(sols[: len(starts_list)])},
+               "signed_error": signed if error_estimate else None, **counts},
         log_prob=log_prob, stderr=stderr, per_probe=per_probe, prior_log_prob=prior_lp, delta_log_prob=delta.mean(1),
         error_estimate=err, divergence=div,
     )
