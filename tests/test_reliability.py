@@ -414,6 +414,23 @@ def test_cli_misuse_names_the_argument_without_traceback(argv, arg, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_refuses_a_non_bool_denoise_before_the_first_score_call(name):
+    """``denoise="yes"`` is a TypeError naming ``denoise`` with no score evaluation spent: it is
+    checked when the run starts, not when the solve has finished."""
+    spec, calls = SAMPLERS[name], []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+
+    sde = sg.VPSDE()
+    gen = torch.Generator().manual_seed(0) if spec.stochastic else None
+    with pytest.raises(TypeError, match="denoise"):
+        spec(sde, score, torch.randn(3, 2), sg.timesteps(sde, 4), denoise="yes", generator=gen)
+    assert calls == []
+
+
 def test_cli_probes_are_accepted_with_hutchinson(capsys):
     """Legitimate: --probes with --divergence hutchinson passes the option check; the run then stops
     on the missing checkpoint (named), not on --probes."""

@@ -46,7 +46,8 @@ class Run:
     * ``differentiable``: build the autograd graph through the solve (default ``False``: the
       score runs under ``torch.no_grad()``, ``x_T`` is detached, no graph crosses steps);
     * ``check_finite``: ``"end"`` (default: one host synchronisation after the solve, the error
-      naming the first bad time), ``"step"`` (raise at once) or ``"off"``.
+      naming the first bad time), ``"step"`` (raise at once) or ``"off"``;
+    * ``denoise``: validated here, before the first step, and applied by :meth:`finish`.
 
     Device rule: time tensors handed to the score live on ``x_T``'s device and random draws use
     ``generator``, which must be on that device; nothing in the step loop synchronises with
@@ -71,6 +72,7 @@ class Run:
         callback: Optional[Callback] = None,
         differentiable: bool = False,
         check_finite: Any = "end",
+        denoise: bool = False,
     ) -> None:
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
@@ -87,6 +89,7 @@ class Run:
                                  "random draws follow x_T's device, pass a generator on that device")
         if not bool(torch.isfinite(self.x_T).all()):
             raise ValueError("x_T contains NaN or inf")
+        check_bool("denoise", denoise)  # before any work; :meth:`finish` applies it
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(info_dict), got {type(callback).__name__}")
         ts = check_ts(ts, sde)

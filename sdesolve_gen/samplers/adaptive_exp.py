@@ -81,7 +81,7 @@ def dpm_solver_adaptive(
     if not (isinstance(final_stretch, (int, float)) and 1.0 <= final_stretch <= 2.0):
         raise ValueError(f"final_stretch must be a number in [1, 2], got {final_stretch!r}")
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    run = Run(f"dpm_solver_adaptive{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run(f"dpm_solver_adaptive{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lo, hi = run.t[-1], run.t[0]
     lam_start = math.log(run.alpha[0] / run.sigma[0])
     lam_end = math.log(run.alpha[-1] / run.sigma[-1])
@@ -218,7 +218,7 @@ def dpm_solver_adaptive_multistep(
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     if not (isinstance(final_stretch, (int, float)) and 1.0 <= final_stretch <= 2.0):
         raise ValueError(f"final_stretch must be a number in [1, 2], got {final_stretch!r}")
-    run = Run("dpm_solver_adaptive_multistep", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("dpm_solver_adaptive_multistep", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lo, hi = run.t[-1], run.t[0]
     lam_start = math.log(run.alpha[0] / run.sigma[0])
     lam_end = math.log(run.alpha[-1] / run.sigma[-1])

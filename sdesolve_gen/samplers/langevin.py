@@ -88,7 +88,7 @@ def annealed_langevin(
     step_lr = check_positive("step_lr", step_lr)
     if not (isinstance(step_lr, (int, float)) and step_lr > 0):
         raise ValueError(f"step_lr must be a number > 0, got {step_lr!r}")
-    run = Run("annealed_langevin", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("annealed_langevin", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     sig_L2 = run.sigma[-1] ** 2
     if step_lr >= 2.0 * sig_L2:
@@ -151,7 +151,7 @@ def predictor_corrector(
         raise ValueError("predictor and corrector cannot both be None")
     snr = check_positive("snr", snr)
     check_int("n_corrector_steps", n_corrector_steps, 0)
-    run = Run("predictor_corrector", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("predictor_corrector", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     for i in run.steps(progress):
         if corrector is not None:

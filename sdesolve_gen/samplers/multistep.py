@@ -126,7 +126,7 @@ def dpm_solver_pp_3m(
         :class:`~sdesolve_gen.Solution` with ``x`` of shape ``(B, *shape)``.
     """
     _check_order(order, 3)
-    run = Run(f"dpm_solver_pp_{order}m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run(f"dpm_solver_pp_{order}m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     n = len(run.t) - 1
     x = run.x_T
@@ -158,7 +158,7 @@ def dpm_solver_pp_2s(
     """
     if not 0.0 < r < 1.0:
         raise ValueError(f"r must lie in (0, 1), got {r!r}")
-    run = Run("dpm_solver_pp_2s", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("dpm_solver_pp_2s", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     n = len(run.t) - 1
     tm = sde.t_of_lambda(torch.tensor([lam[i] + r * (lam[i + 1] - lam[i]) for i in range(n)], dtype=torch.float64, device="cpu"))
@@ -258,7 +258,7 @@ def unipc(
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     if predictor not in ("unip", "dpmpp"):
         raise ValueError(f"predictor must be 'unip' or 'dpmpp', got {predictor!r}")
-    run = Run(f"unipc_{variant}_{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run(f"unipc_{variant}_{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     n = len(run.t) - 1
     x = run.x_T
@@ -349,7 +349,7 @@ def deis(
         lower_order_final: order ``min(p, n - i)`` on the last steps.
     """
     _check_order(order, 3)
-    run = Run(f"deis{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run(f"deis{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     n = len(run.t) - 1
     x = run.x_T
@@ -401,7 +401,7 @@ def ipndm(
         order: 1..4 (default 4).
     """
     _check_order(order, 4)
-    run = Run(f"ipndm{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run(f"ipndm{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     es: List[Tensor] = []
     for i in run.steps(progress):

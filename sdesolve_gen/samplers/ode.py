@@ -34,7 +34,7 @@ def ode(
     points of ``ts`` are used by adaptive methods; fixed-step methods step on ``ts``.
     ``generator`` is unused (the sampler is deterministic given ``x_T``). ``callback`` is
     torchdiffeq's step callback: it sees the state at the *start* of each (accepted) step."""
-    run = Run("ode", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("ode", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     func = ProbabilityFlowODE(sde, score_fn, model_kwargs=model_kwargs, differentiable=differentiable, check_finite=check_finite)
     if callback is not None:
         steps = {"k": 0}
@@ -73,7 +73,7 @@ def heun(
     with :math:`\tilde d` the slope at :math:`(\tilde x, t_{i+1})`. 2 evaluations per step; with
     ``last_euler`` the final step is Euler (1 evaluation), as in EDM.
     """
-    run = Run("heun", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("heun", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     sbar = [s / a for s, a in zip(run.sigma, run.alpha)]
     xbar = run.x_T / run.alpha[0]
     n = len(run.t) - 1
@@ -117,7 +117,7 @@ def dpm_solver(
     for the built-in schedules, bisection for custom ones; once per call).
     """
     order = check_int("order", order, 1, 3)
-    run = Run(f"dpm_solver{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run(f"dpm_solver{order}", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     n = len(run.t) - 1
     r1, r2 = (0.5, 1.0) if order == 2 else (1 / 3, 2 / 3)  # (r2 is used by order 3 only)
@@ -173,7 +173,7 @@ def dpm_solver_pp_2m(
 
     with :math:`D_0 = \hat x_0^{(0)}` (first step first order).
     """
-    run = Run("dpm_solver_pp_2m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("dpm_solver_pp_2m", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     x, prev_x0, prev_h = run.x_T, None, 0.0
     for i in run.steps(progress):

@@ -34,7 +34,7 @@ def euler_maruyama(
 
     One score evaluation per step; weak order 1 (strong order 1 here, the noise being additive).
     """
-    run = Run("euler_maruyama", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("euler_maruyama", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     for i in run.steps(progress):
         x = em_step(run, x, i)
@@ -77,7 +77,7 @@ def reverse_diffusion(
 
     .. math:: x_{t_{i+1}} = x_{t_i} - f_i + G_i^2\, s(x_{t_i}, t_i) + G_i z .
     """
-    run = Run("reverse_diffusion", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("reverse_diffusion", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     for i in run.steps(progress):
         x = reverse_diffusion_step(run, x, i)
@@ -113,7 +113,7 @@ def ancestral(
     :math:`x_{i-1} = x_i + (\sigma_i^2 - \sigma_{i-1}^2) s + \sqrt{\sigma_{i-1}^2(\sigma_i^2-\sigma_{i-1}^2)/\sigma_i^2}\,z`
     (Song et al. 2021, appendix).
     """
-    run = Run("ancestral", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("ancestral", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     for i in run.steps(progress):
         x = ancestral_step(run, x, i)
@@ -143,7 +143,7 @@ def adaptive_sde(
     theta = check_range("theta", theta, 0.0, 1.0, lo_open=True)  # theta = 0 would never move t
     r = check_range("r", r, 0.0, 1.0, lo_open=True)
     max_steps = check_int("max_steps", max_steps, 1)
-    run = Run("adaptive_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("adaptive_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     t, t_end = run.t[0], run.t[-1]
     x = run.x_T
     x_prev = x

@@ -64,7 +64,7 @@ def dpm_solver_pp_2m_sde(
         raise ValueError(f"eta must be >= 0, got {eta!r}")
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-    run = Run("dpm_solver_pp_2m_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("dpm_solver_pp_2m_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     x, prev = run.x_T, None
     for i in run.steps(progress):
@@ -116,7 +116,7 @@ def edm_sde(
     for nm, v in (("S_churn", S_churn), ("S_noise", S_noise)):
         if not v >= 0.0:
             raise ValueError(f"{nm} must be >= 0, got {v!r}")
-    run = Run("edm_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("edm_sde", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     n = len(run.t) - 1
     sbar = [s / a for s, a in zip(run.sigma, run.alpha)]
     s_top = sbar[0]
@@ -183,7 +183,7 @@ def sa_solver(
     _check_order(order, 3)
     if not tau >= 0.0:
         raise ValueError(f"tau must be >= 0, got {tau!r}")
-    run = Run("sa_solver", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite)
+    run = Run("sa_solver", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     lam = _lambdas(run)
     n = len(run.t) - 1
     c = 1.0 + tau * tau
