@@ -257,6 +257,11 @@ class _Augmented(torch.nn.Module):
             if not isinstance(s, torch.Tensor) or s.shape != shape:
                 got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
                 raise ValueError(f"score_fn returned {got}, expected shape {shape}")
+            if s.device != xf.device:
+                raise ValueError(f"score_fn returned a tensor on {s.device}, expected x's device {xf.device}")
+            if s.dtype != xf.dtype:
+                raise TypeError(f"score_fn returned dtype {s.dtype}, expected x's dtype {xf.dtype} "
+                                "(the log-density would change precision silently)")
             return s.reshape(B, D)
 
         s, div_s = self.engine(score, x, probes)

@@ -414,6 +414,18 @@ def test_cli_misuse_names_the_argument_without_traceback(argv, arg, capsys):
     assert "Traceback" not in err
 
 
+def test_log_likelihood_refuses_a_score_of_another_dtype():
+    """A float64 score on float32 data is a TypeError naming score_fn and both dtypes (the sampler
+    rule, applied inside the likelihood's velocity too); the same score cast back is accepted."""
+    sde = sg.VPSDE()
+    score = _gauss().score_fn(sde)
+    x = torch.randn(3, 2)
+    with pytest.raises(TypeError, match=r"score_fn returned dtype torch.float64, expected x's dtype torch.float32"):
+        sg.log_likelihood(sde, lambda y, t: score(y.double(), t), x)
+    ok = sg.log_likelihood(sde, lambda y, t: score(y.double(), t).to(y.dtype), x)
+    assert ok.log_prob.dtype == torch.float32 and bool(torch.isfinite(ok.log_prob).all())
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_refuses_a_non_bool_denoise_before_the_first_score_call(name):
     """``denoise="yes"`` is a TypeError naming ``denoise`` with no score evaluation spent: it is
