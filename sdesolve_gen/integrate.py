@@ -548,6 +548,24 @@ ADAPTIVE_ODE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "ada
 FIXED_ODE_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams"})
 
 
+#: The tolerances an adaptive method gets when ``rtol`` / ``atol`` are left unset.
+DEFAULT_RTOL = DEFAULT_ATOL = 1e-5
+
+
+def resolve_tolerances(method: str, rtol: Optional[float], atol: Optional[float]) -> Tuple[Optional[float], Optional[float]]:
+    """The ``(rtol, atol)`` a solve with ``method`` uses: :data:`DEFAULT_RTOL` / :data:`DEFAULT_ATOL`
+    where unset and checked positive where given; ``(None, None)`` for a fixed-step method
+    (:data:`FIXED_ODE_METHODS`), which refuses given tolerances instead of ignoring them."""
+    if method in FIXED_ODE_METHODS:
+        given = [name for name, v in (("rtol", rtol), ("atol", atol)) if v is not None]
+        if given:
+            raise ValueError(f"{'/'.join(given)} only apply to adaptive methods; method={method!r} steps on a fixed "
+                             "grid (ts or options['step_size']) and would ignore them: leave them unset")
+        return None, None
+    return (DEFAULT_RTOL if rtol is None else check_positive("rtol", rtol),
+            DEFAULT_ATOL if atol is None else check_positive("atol", atol))
+
+
 class _Counting(torch.nn.Module):
     """Wrap ``func(t, x)``: count evaluations and steps, record times if asked, keep ``func``'s callbacks."""
 
@@ -599,8 +617,8 @@ def odeint(
     ts: Any,
     *,
     method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
     options: Optional[Dict[str, Any]] = None,
     save: Any = "all",
     progress: bool = False,
@@ -610,7 +628,7 @@ def odeint(
 
     ``func(t, x)`` is any torchdiffeq function, e.g. :class:`~sdesolve_gen.ProbabilityFlowODE`;
     ``ts`` runs in the direction of integration (decreasing from T to eps samples, increasing
-    encodes). Tolerances are always explicit (torchdiffeq's own defaults are 1e-7 / 1e-9). Any
+    encodes). Tolerances default to ``1e-5`` (not torchdiffeq's 1e-7 / 1e-9) and are passed explicitly. Any
     torchdiffeq method is passed through; callbacks defined on ``func`` (torchdiffeq's
     ``callback_step``, ``callback_accept_step``, ``callback_reject_step``) are kept.
 
@@ -628,7 +646,8 @@ def odeint(
         ts: 1-D strictly monotone times.
         method: a torchdiffeq method (``"dopri5"`` default, ``"bosh3"``, ``"dopri8"``, ``"rk4"``,
             ``"heun2"``, ``"fixed_adams"``, ``"scipy_solver"``, ...).
-        rtol, atol: tolerances for adaptive methods.
+        rtol, atol: tolerances for adaptive methods (default ``1e-5`` each); a fixed-step method
+            refuses them (``ValueError``) rather than ignoring them.
         options: torchdiffeq options (``step_size`` for fixed-step methods, ``norm``, ...).
         save: ``"all"`` (default), ``"final"`` or a sequence of indices into ``ts`` to keep in ``ys``.
         progress: show a tqdm bar over accepted steps.
@@ -657,9 +676,8 @@ def odeint(
     check_bool("progress", progress)
     check_bool("record_times", record_times)
     opts = dict(options or {})
+    rtol, atol = resolve_tolerances(method, rtol, atol)
     if method in ADAPTIVE_ODE_METHODS:
-        check_positive("rtol", rtol)
-        check_positive("atol", atol)
         unknown = set(opts) - {"step_t", "jump_t", "first_step", "max_num_steps", "safety", "ifactor", "dfactor", "dtype", "norm"}
         if unknown:
             raise ValueError(f"options has keys unknown to adaptive torchdiffeq solvers: {sorted(unknown)}")
@@ -681,7 +699,8 @@ def odeint(
         x0 = tuple(v.detach() for v in x0) if isinstance(x0, tuple) else x0.detach()
     start = _time.perf_counter()
     try:
-        xs = torchdiffeq.odeint(counted, x0, ts.to(device=first.device), method=method, rtol=rtol, atol=atol, options=opts)
+        xs = torchdiffeq.odeint(counted, x0, ts.to(device=first.device), method=method, options=opts,
+                                **({} if rtol is None else {"rtol": rtol, "atol": atol}))
     finally:
         if bar is not None:
             bar.close()

@@ -89,6 +89,7 @@ import torch
 from ._checks import (
     NonFiniteError,
     check_batch,
+    check_bool,
     check_generator,
     check_in_data_range,
     check_positive,
@@ -98,7 +99,7 @@ from ._checks import (
 from ._gather import gather_in_order
 from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, DivergenceEngine, GaussianControlVariate, draw_probes
-from .integrate import ADAPTIVE_ODE_METHODS, odeint
+from .integrate import ADAPTIVE_ODE_METHODS, odeint, resolve_tolerances
 from .reverse import check_model_kwargs, pf_velocity
 from .rk_batched import DOPRI5, Tableau, extrapolation_tableau, solve_per_sample
 from .sde import LinearSDE
@@ -283,7 +284,9 @@ class _Augmented(torch.nn.Module):
         return dx, ddelta * self.scale
 
 
-def _check_common(sde: Any, score_fn: Any, x: Any, method: str, rtol: float, atol: float) -> Tensor:
+def _check_common(sde: Any, score_fn: Any, x: Any, method: str, rtol: Optional[float],
+                  atol: Optional[float]) -> Tuple[Tensor, Optional[float], Optional[float]]:
+    """The checked ``x`` and the tolerances ``method`` uses (:func:`~sdesolve_gen.integrate.resolve_tolerances`)."""
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be a LinearSDE (e.g. VPSDE()), got {type(sde).__name__}")
     if not callable(score_fn):
@@ -295,9 +298,8 @@ def _check_common(sde: Any, score_fn: Any, x: Any, method: str, rtol: float, ato
         raise ValueError("x contains non-finite values (NaN or inf)")
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
-    return x
+    rtol, atol = resolve_tolerances(method, rtol, atol)
+    return x, rtol, atol
 
 
 def _check_step_size(method: str, step_size: Optional[float]) -> None:
@@ -416,8 +418,8 @@ def log_likelihood(
     x: Tensor,
     *,
     method: str = "dopri8",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
     divergence: Union[str, GaussianControlVariate] = "auto",
     n_probes: int = 1,
     probe: str = "rademacher",
@@ -454,7 +456,7 @@ def log_likelihood(
             fixed-step ones use ``step_size`` (default ``(T - eps)/100``); ``"dopri5_ps"`` /
             ``"gbs8_ps"``: independent steps per sample (see the module docstring; needs
             ``error_control="per_sample"``).
-        rtol, atol: adaptive tolerances. With ``error_control="per_sample"`` (default) ``atol``
+        rtol, atol: adaptive tolerances (default ``1e-5`` each; fixed-step methods refuse them). With ``error_control="per_sample"`` (default) ``atol``
             is the per-sample budget of ``log_prob`` in nats: per sample and per step, the RMS
             local error estimate of ``x`` is kept below ``c (atol + rtol|x|)`` and that of the
             log-density increment below ``c atol`` nats, with ``c`` =
@@ -502,7 +504,10 @@ def log_likelihood(
     if isinstance(x, torch.Tensor):
         check_in_data_range("x", x, data_range)
         check_generator(generator, x.device, "x")
-    x = _check_common(sde, score_fn, x, method, rtol, atol)
+    x, rtol, atol = _check_common(sde, score_fn, x, method, rtol, atol)
+    if check_bool("error_estimate", error_estimate) and rtol is None:
+        raise ValueError(f"error_estimate needs an adaptive method (it re-solves at rtol/10, atol/10); method={method!r} "
+                         "is fixed-step and would solve the same grid twice")
     B = x.shape[0]
     D = x[0].numel()
     div = _resolve_divergence(divergence, D)
@@ -541,7 +546,7 @@ def log_likelihood(
         starts = tqdm(starts, desc="log_likelihood", unit="chunk")
     t0 = _time.perf_counter()
 
-    def run(rt: float, at: float, chunks: Iterable[int]) -> Tuple[Tensor, Tensor, Tensor, List[Solution]]:
+    def run(rt: Optional[float], at: Optional[float], chunks: Iterable[int]) -> Tuple[Tensor, Tensor, Tensor, List[Solution]]:
         zs, deltas, priors, sols = [], [], [], []
         for i in chunks:
             sl = slice(i, i + size)
@@ -566,7 +571,7 @@ def log_likelihood(
     else:
         stderr = per_probe.std(1, unbiased=True) / math.sqrt(K)
     err = None
-    if error_estimate:
+    if error_estimate and rtol is not None and atol is not None:  # not None: checked above
         _, d2, p2, sols2 = run(rtol / 10, atol / 10, range(0, B, size))
         signed = log_prob - (p2[:, None] + d2).mean(1)
         err = signed.abs()
@@ -761,7 +766,7 @@ def log_likelihood_bound(
         :class:`LikelihoodBound` with ``.result`` (the :class:`LikelihoodResult` of
         :math:`x_\varepsilon`) and ``.bound`` (shape ``(B,)`` nats). It is not a tuple.
     """
-    x0 = _check_common(sde, score_fn, x0, kwargs.get("method", "dopri8"), kwargs.get("rtol", 1e-5), kwargs.get("atol", 1e-5))
+    x0 = _check_common(sde, score_fn, x0, kwargs.get("method", "dopri8"), kwargs.get("rtol"), kwargs.get("atol"))[0]
     eps_f = _check_eps(sde, kwargs.pop("eps", None))
     t = torch.tensor(eps_f, dtype=torch.float64)
     alpha = float(torch.exp(sde.log_alpha(t)))
@@ -822,7 +827,7 @@ def _flow(sde, score_fn, x, t_from, t_to, method, rtol, atol, step_size, model_k
 
 
 def encode(
-    sde: LinearSDE, score_fn: ScoreFn, x: Tensor, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+    sde: LinearSDE, score_fn: ScoreFn, x: Tensor, *, method: str = "dopri5", rtol: Optional[float] = None, atol: Optional[float] = None,
     eps: Optional[float] = None, step_size: Optional[float] = None, model_kwargs: Optional[Mapping[str, Any]] = None,
     progress: bool = False,
 ) -> Tensor:
@@ -835,12 +840,12 @@ def encode(
     Returns:
         ``z`` of the shape of ``x``.
     """
-    x = _check_common(sde, score_fn, x, method, rtol, atol)
+    x, rtol, atol = _check_common(sde, score_fn, x, method, rtol, atol)
     return _flow(sde, score_fn, x, _check_eps(sde, eps), float(sde.T), method, rtol, atol, step_size, model_kwargs, progress)
 
 
 def decode(
-    sde: LinearSDE, score_fn: ScoreFn, z: Tensor, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+    sde: LinearSDE, score_fn: ScoreFn, z: Tensor, *, method: str = "dopri5", rtol: Optional[float] = None, atol: Optional[float] = None,
     eps: Optional[float] = None, step_size: Optional[float] = None, model_kwargs: Optional[Mapping[str, Any]] = None,
     progress: bool = False,
 ) -> Tensor:
@@ -853,7 +858,7 @@ def decode(
     Returns:
         ``x`` of the shape of ``z``.
     """
-    z = _check_common(sde, score_fn, z, method, rtol, atol)
+    z, rtol, atol = _check_common(sde, score_fn, z, method, rtol, atol)
     return _flow(sde, score_fn, z, float(sde.T), _check_eps(sde, eps), method, rtol, atol, step_size, model_kwargs, progress)
 
 

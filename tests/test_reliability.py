@@ -317,6 +317,12 @@ CASES += [
     ("range-dataset-likelihood-data", lambda: sg.dataset_log_likelihood(_vp(), _neg, torch.full((2, 2), 2.0), data_range=(0, 1)), ValueError, "outside data_range"),
     ("range-likelihood-bad-range", lambda: sg.log_likelihood(_vp(), _neg, _x(), data_range=(1, 0)), ValueError, "data_range"),
     # ---- options that would be silently ignored
+    ("ignored-rtol-odeint-fixed-step", lambda: sg.odeint(sg.ProbabilityFlowODE(_vp(), _neg), _x(), _ts(), method="rk4", rtol=1e-3), ValueError, "rtol only apply to adaptive methods"),
+    ("ignored-atol-sampler-ode-fixed-step", lambda: sg.samplers.ode(_vp(), _neg, _x(), _ts(), method="euler", atol=1e-3), ValueError, "atol only apply to adaptive methods"),
+    ("ignored-tols-likelihood-fixed-step", lambda: sg.log_likelihood(_vp(), _neg, _x(), method="rk4", rtol=1e-3, atol=1e-3), ValueError, "rtol/atol only apply"),
+    ("ignored-tols-encode-fixed-step", lambda: sg.encode(_vp(), _neg, _x(), method="midpoint", rtol=1e-4), ValueError, "rtol only apply"),
+    ("ignored-error-estimate-fixed-step", lambda: sg.log_likelihood(_vp(), _neg, _x(), method="rk4", error_estimate=True), ValueError, "error_estimate needs an adaptive method"),
+    ("bool-likelihood-error-estimate", lambda: sg.log_likelihood(_vp(), _neg, _x(), error_estimate="yes"), TypeError, "error_estimate"),
     ("ignored-n-probes-with-exact", lambda: sg.log_likelihood(_vp(), _neg, _x(), divergence="exact", n_probes=5), ValueError, "n_probes only apply"),
     ("ignored-probe-kind-with-exact", lambda: sg.log_likelihood(_vp(), _neg, _x(), divergence="exact", probe="gaussian"), ValueError, "probe only apply"),
     ("ignored-sdeint-rtol-fixed-step", lambda: sg.sdeint(_rsde(), _x(), _ts(), rtol=1e-9), ValueError, "rtol/atol only apply"),

@@ -27,11 +27,12 @@ def ode(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
     denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
     callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
-    method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+    method: str = "dopri5", rtol: Optional[float] = None, atol: Optional[float] = None,
 ) -> Solution:
     r"""Probability-flow ODE :math:`dx/dt = f - \tfrac12 g^2 s` from ``ts[0]`` to ``ts[-1]`` with a
-    torchdiffeq solver (adaptive ``dopri5`` by default, tolerances explicit). Only the end
-    points of ``ts`` are used by adaptive methods; fixed-step methods step on ``ts``.
+    torchdiffeq solver (adaptive ``dopri5`` by default, ``rtol = atol = 1e-5`` unless given). Only
+    the end points of ``ts`` are used by adaptive methods; fixed-step methods step on ``ts`` and
+    refuse ``rtol`` / ``atol``.
     ``generator`` is unused (the sampler is deterministic given ``x_T``). ``callback`` is
     torchdiffeq's step callback: it sees the state at the *start* of each (accepted) step."""
     run = Run("ode", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
@@ -47,7 +48,7 @@ def ode(
     grid = torch.stack([run.tt[0], run.tt[-1]]) if method in ADAPTIVE_ODE_METHODS else torch.stack(run.tt)
     sol = odeint(func, run.x_T, grid, method=method, rtol=rtol, atol=atol, save="final", progress=progress)
     run.caller.nfe = func.nfe
-    out = run.finish(sol.x, denoise, rtol=rtol, atol=atol, solver=method)
+    out = run.finish(sol.x, denoise, rtol=sol.extra["rtol"], atol=sol.extra["atol"], solver=method)
     out.method = f"ode[{method}]"
     out.n_steps, out.n_rejected = sol.n_steps, sol.n_rejected
     return out
