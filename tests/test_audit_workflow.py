@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import types
 from typing import Any, Dict
 
 import pytest
@@ -446,3 +448,35 @@ def test_demo_flags_reach_run_demo(tmp_path, monkeypatch):
     assert callable(k1["log"]) and k2["log"] is None and k2["progress"] is False
     assert {k: k2[k] for k in ("seed", "n", "em_steps", "pc_steps", "dpm_steps", "n_likelihood")} == \
         dict(seed=0, n=10_000, em_steps=500, pc_steps=250, dpm_steps=10, n_likelihood=8)
+
+
+def test_cli_likelihood_prints_bits_per_dim_with_D_the_product_of_the_sample_shape(digits_run, capsys, monkeypatch):
+    """On digits (sample shape (1, 8, 8), D = 64) the printed numbers follow the documented
+    formulas from the per-sample log p and stderr that log_likelihood returns (stubbed here with
+    known values): mean log p, stderr over data std/sqrt(n), over probes sqrt(mean se^2)/sqrt(n),
+    bits/dim -mean/(64 ln 2) and its stderr. Control: D = 1 (shape[0]) would print 64x that."""
+    import sdesolve_gen.likelihood as lik
+
+    lp = torch.tensor([-150.0, -170.0, -161.0], dtype=torch.float64)
+    se = torch.tensor([3.0, 4.0, 5.0], dtype=torch.float64)
+
+    def stub(sde, model, x, **kwargs):
+        return types.SimpleNamespace(log_prob=lp, stderr=se, extra={"method": "dopri5"}, nfe=1, wall_time=0.0)
+
+    monkeypatch.setattr(lik, "log_likelihood", stub)
+    rc = cli.main(["likelihood", digits_run["ck"], "-n", "3", "--divergence", "hutchinson", "--probes", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    n, D = 3, 64
+    mean = float(lp.mean())
+    se_data = float(lp.std()) / math.sqrt(n)
+    se_probe = math.sqrt(float((se ** 2).mean())) / math.sqrt(n)
+    nums = lambda key: [float(v.strip("(),;")) for v in out.split(key)[1].split()[:1]]  # noqa: E731
+    assert nums("mean log p = ")[0] == pytest.approx(mean, abs=1e-4)
+    assert nums("stderr over data ")[0] == pytest.approx(se_data, abs=1e-4)
+    assert nums("over probes ")[0] == pytest.approx(se_probe, abs=1e-4)
+    bpd = nums("bits/dim   = ")[0]
+    assert bpd == pytest.approx(-mean / (D * math.log(2.0)), abs=1e-4)
+    assert abs(bpd - (-mean / math.log(2.0))) > 1.0  # the control: D = 1
+    assert "D = 64" in out
+    assert float(out.split("; stderr ")[1].split(")")[0]) == pytest.approx(se_data / (D * math.log(2.0)), abs=1e-4)
