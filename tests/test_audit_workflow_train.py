@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -141,3 +142,113 @@ def test_resume_takes_the_checkpoints_ema_decay(tmp_path):
     a.train(2)
     b = sg.Trainer(_mlp_model(sde), sde, data, batch_size=8, ema_decay=0.95, checkpoint_dir=tmp_path, log_every=0)
     assert b.resume() and b.ema.decay == 0.7 and b.step == 2
+
+
+# ------------------------------------------------------------------------------ toy datasets
+
+
+def _iso(mix, std: float) -> None:
+    """Every component has covariance std^2 I and weight 1/K."""
+    K, D = mix.means.shape
+    torch.testing.assert_close(mix.covs, (std**2) * torch.eye(D, dtype=torch.float64).expand(K, D, D), rtol=0, atol=1e-15)
+    torch.testing.assert_close(mix.weights, torch.full((K,), 1.0 / K, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_toy_datasets_have_their_documented_geometry():
+    """The toy targets are what their docstrings say, at non-default parameters. eight_gaussians:
+    means r (cos k pi/4, sin k pi/4). two_moons: centred, the lower moon the point reflection of
+    the upper one (m[n + i] = -m[i]), first upper centre 1.5 (1 - 0.5, 0 - 0.25). swiss_roll:
+    |m_k| = theta_k / 7 with theta_k uniform on [1.5 pi, 4.5 pi] and angle theta_k. checkerboard:
+    32 centres, 4 per dark unit square of [-2, 2]^2 (floor(x) + floor(y) even) at offsets
+    {0.25, 0.75}^2. Oracle: the formulas, written here; controls: a 7-fold circle and an
+    un-reflected lower moon fail the same checks."""
+    from sdesolve_gen import data as D
+
+    r, std = 1.7, 0.3
+    m = D.eight_gaussians(radius=r, std=std)
+    ang = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
+    want = r * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    torch.testing.assert_close(m.means, want, rtol=0, atol=1e-12)
+    ang7 = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 7)
+    assert float((m.means - r * torch.stack([torch.cos(ang7), torch.sin(ang7)], 1)).abs().max()) > 0.1
+    _iso(m, std)
+
+    n = 5
+    mo = D.two_moons(n_per_moon=n, std=0.2)
+    assert mo.means.shape == (2 * n, 2)
+    torch.testing.assert_close(mo.means.mean(0), torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(mo.means[n:], -mo.means[:n], rtol=0, atol=1e-12)
+    assert float((mo.means[n:] - mo.means[:n]).abs().max()) > 0.1  # control: not a copy
+    torch.testing.assert_close(mo.means[0], torch.tensor([0.75, -0.375], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(mo.means[n - 1], torch.tensor([-2.25, -0.375], dtype=torch.float64), rtol=0, atol=1e-12)
+    _iso(mo, 0.2)
+
+    sr = D.swiss_roll(n=9, std=0.25)
+    th = 1.5 * math.pi + torch.arange(9, dtype=torch.float64) * (3 * math.pi / 8)
+    torch.testing.assert_close(sr.means.norm(dim=1), th / 7.0, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.atan2(sr.means[:, 1], sr.means[:, 0]), torch.atan2(torch.sin(th), torch.cos(th)),
+                               rtol=0, atol=1e-12)
+    _iso(sr, 0.25)
+
+    cb = D.checkerboard(std=0.1)
+    c = cb.means
+    assert c.shape == (32, 2)
+    fl = torch.floor(c)
+    assert bool(((fl[:, 0] + fl[:, 1]) % 2 == 0).all()) and bool(((fl >= -2) & (fl <= 1)).all())
+    off = c - fl
+    assert bool(((off - 0.25).abs().lt(1e-12) | (off - 0.75).abs().lt(1e-12)).all())
+    assert len({tuple(v) for v in c.tolist()}) == 32
+    _iso(cb, 0.1)
+
+
+# ------------------------------------------------------------------------------------ nets
+
+
+def _randomise(module: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def test_mlp_score_net_is_its_documented_recursion():
+    """MLPScoreNet(dim=3, hidden=5, depth=2, embed_dim=6, t_max=2.5) with random weights equals
+    h_0 = W_0 x, h_{k+1} = SiLU(W_k h_k + U_k gamma(t) + b_k), out = W_out h_L, with
+    gamma(t) = [sin(2 pi (t / t_max) w), cos(2 pi (t / t_max) w)] written here from the
+    docstrings (w the stored frequencies). Control: t_max = 1 in gamma differs."""
+    net = sg.MLPScoreNet(3, hidden=5, depth=2, embed_dim=6, t_max=2.5).double()
+    _randomise(net, 1)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.7, 1.3, 2.4], dtype=torch.float64)
+    w = dict(net.named_buffers())["embed.W"]
+
+    def by_hand(t_max: float) -> torch.Tensor:
+        proj = 2 * math.pi * (t / t_max)[:, None] * w[None, :]
+        gam = torch.cat([torch.sin(proj), torch.cos(proj)], 1)
+        h = x @ net.inp.weight.T + net.inp.bias
+        for lin, tl in zip(net.layers, net.temb):
+            z = h @ lin.weight.T + lin.bias + gam @ tl.weight.T + tl.bias
+            h = z * torch.sigmoid(z)
+        return h @ net.out.weight.T + net.out.bias
+
+    assert len(net.layers) == 2
+    with torch.no_grad():
+        got = net(x, t)
+        torch.testing.assert_close(got, by_hand(2.5), rtol=1e-12, atol=1e-12)
+        assert float((got - by_hand(1.0)).abs().max()) > 1e-3
+
+
+def test_unet_null_label_is_the_default_and_labels_change_the_output():
+    """UNet(num_classes=3): y=None means the null label 3 (documented), and another label gives
+    another output (the label embedding is used). Oracle: the explicit null-label call."""
+    net = sg.UNet(in_channels=1, base=8, num_classes=3).double()
+    _randomise(net, 3)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    with torch.no_grad():
+        none = net(x, t)
+        null = net(x, t, y=torch.full((2,), 3, dtype=torch.long))
+        one = net(x, t, y=torch.ones(2, dtype=torch.long))
+    assert torch.equal(none, null)
+    assert float((one - null).abs().max()) > 1e-6
