@@ -13,6 +13,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -252,3 +253,64 @@ def test_unet_null_label_is_the_default_and_labels_change_the_output():
         one = net(x, t, y=torch.ones(2, dtype=torch.long))
     assert torch.equal(none, null)
     assert float((one - null).abs().max()) > 1e-6
+
+
+# -------------------------------------------------------------------------------- plotting
+
+
+@pytest.fixture
+def ax():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig, axes = plt.subplots()
+    yield axes
+    plt.close(fig)
+
+
+def test_image_grid_value_range_default_nrow_pad_and_non_square_rgb_tiles(ax):
+    """5 RGB images of 2 x 3 pixels (H != W), value_range (-1, 1), pad 2: the canvas has
+    ceil(sqrt 5) = 3 columns and 2 rows, tile k at row k // 3, column k % 3 holds
+    clip((x + 1) / 2, 0, 1) of image k (channels last), the padding is white (1). Oracle: the
+    documented layout written here; control: the batch min/max scaling would differ."""
+    from sdesolve_gen import plotting
+
+    g = torch.Generator().manual_seed(0)
+    imgs = 1.5 * torch.rand(5, 3, 2, 3, generator=g, dtype=torch.float64) - 0.8  # in [-0.8, 0.7]: no clipping at 1
+    imgs[0, 0, 0, 0] = -1.7  # clipped to 0
+    plotting.image_grid(imgs, ax, value_range=(-1.0, 1.0), pad=2)
+    canvas = np.asarray(ax.get_images()[0].get_array())
+    h, w, pad = 2, 3, 2
+    assert canvas.shape == (2 * (h + pad) + pad, 3 * (w + pad) + pad, 3)
+    want = np.clip((imgs.numpy().transpose(0, 2, 3, 1) + 1.0) / 2.0, 0.0, 1.0)
+    mask = np.ones(canvas.shape[:2], dtype=bool)
+    for k in range(5):
+        r, c = divmod(k, 3)
+        tile = canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w]
+        np.testing.assert_allclose(tile, want[k], rtol=0, atol=1e-12)
+        mask[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = False
+    assert np.all(canvas[mask] == 1.0)  # padding and the empty sixth tile
+    assert canvas[pad, pad, 0] == 0.0  # the clipped pixel
+    lo, hi = float(imgs.min()), float(imgs.max())
+    minmax = (imgs.numpy().transpose(0, 2, 3, 1)[1] - lo) / (hi - lo)
+    assert np.abs(canvas[pad: pad + h, 2 * pad + w: 2 * pad + 2 * w] - minmax).max() > 1e-3
+
+
+def test_loss_curve_ema_skips_non_finite_losses_in_its_bias_correction(ax):
+    """With a NaN loss the EMA has a gap there and its bias correction counts only the finite
+    losses: m_k = b m_{k-1} + (1 - b) l_k, hat m = m_k / (1 - b^k) over finite l (b = 0.6).
+    Oracle: the recursion written here; control: counting the NaN step changes the next value."""
+    from sdesolve_gen import plotting
+
+    loss = [2.0, float("nan"), 1.0, 0.5]
+    plotting.loss_curve(ax, loss, smooth=0.6)
+    ema = ax.get_lines()[1].get_ydata()
+    b, m, k, want = 0.6, 0.0, 0, []
+    for v in loss:
+        if math.isfinite(v):
+            k += 1
+            m = b * m + (1 - b) * v
+            want.append(m / (1 - b**k))
+        else:
+            want.append(float("nan"))
+    np.testing.assert_allclose(ema, want, rtol=1e-12)
+    wrong = (b * (1 - b) * 2.0 + (1 - b) * 1.0) / (1 - b**3)  # the NaN step counted in k
+    assert abs(ema[2] - wrong) > 1e-3
