@@ -127,6 +127,8 @@ CASES = [
     (DOPRI5, 2.0, 0.1, 1e-4, 1e-6, 0.95, 3.0, 0.1, (1.0, 0.0), None),
     (DOPRI5, 0.0, 1.5, 1e-6, 1e-3, 0.9, 10.0, 0.2, (0.7, 0.4), 0.05),
     (extrapolation_tableau((2, 4, 6)), 0.2, 1.7, 1e-7, 1e-9, 0.85, 4.0, 0.25, (0.5, 0.3), None),
+    # a first step far too large: rejections down to the dfactor floor, then accepted steps right after a rejection
+    (DOPRI5, 0.0, 1.5, 1e-6, 1e-8, 0.9, 10.0, 0.05, (0.7, 0.4), 0.9),
 ]
 
 
