@@ -81,8 +81,11 @@ def test_log_likelihood_exact_at_non_unit_T_with_labels_and_chunks(method, budge
     (wrong conditioning) misses by > 0.1 nats.
     """
     x, y = _data(COV_FULL)
-    res = log_likelihood(SDE, _score(COV_FULL), x, method=method, rtol=1e-8, atol=1e-8, eps=EPS,
-                         chunk_size=2, divergence="exact", model_kwargs={"y": y})
+    tols = {} if method == "rk4" else {"rtol": 1e-8, "atol": 1e-8}  # a fixed-step method refuses tolerances
+    res = log_likelihood(SDE, _score(COV_FULL), x, method=method, eps=EPS,
+                         chunk_size=2, divergence="exact", model_kwargs={"y": y}, **tols)
+    if method == "rk4":  # the default fixed step (T - eps)/100: 100 steps in each of the 3 chunks
+        assert res.n_steps == 3 * 100
     # exact flow: log p_eps(x) = log p_T(z) + delta, so delta = log p_eps(x) - log p_T(z | y)
     ref = _log_density(x, y, COV_FULL, EPS) - _log_density(res.z, y, COV_FULL, SDE.T)
     assert float((res.delta_log_prob - ref).abs().max()) < budget
