@@ -1,0 +1,453 @@
+"""Audit value tests for the samplers: hand-written recursions at non-default settings.
+
+Every sampler here runs on a *non-uniform* grid (random times, step ratios far from 1) of a VP
+SDE with ``T != 1``, on a ``D = 3`` Gaussian with a non-zero mean and an anisotropic diagonal
+covariance, with a batch of several samples, so that no factor of ``T``, no step ratio, no
+mean and no coordinate scale can vanish. The score is the closed form written here,
+
+.. math:: s(x, t) = -(x - \\alpha_t\\mu)/(\\alpha_t^2 v + \\sigma_t^2),
+
+and each oracle is the paper's recursion written here from the formulas (schedule values
+:math:`\\alpha, \\sigma` are read from the SDE; the samplers' own coefficients are never called).
+Stochastic samplers draw from a seeded ``torch.Generator``; the hand recursion draws the same
+``torch.randn`` stream in the documented order. Each test names the bug class it guards and has a
+negative control (the same comparison rejects the plausible wrong variant).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List
+
+import pytest
+import torch
+
+import sdesolve_gen as sg
+from sdesolve_gen import samplers as S
+
+F64 = torch.float64
+MU = torch.tensor([0.7, -1.3, 2.1], dtype=F64)
+V = torch.tensor([0.25, 1.7, 0.6], dtype=F64)
+TOL = 1e-10  # float64 recursions of ~10 steps: agreement to rounding (stated == asserted)
+
+
+def _sde() -> sg.VPSDE:
+    return sg.VPSDE(beta_min=0.1, beta_max=12.0, T=1.7, eps=2e-3)
+
+
+def _ab(sde, t: float):
+    tt = torch.tensor(t, dtype=F64)
+    return math.exp(float(sde.log_alpha(tt))), math.sqrt(float(sde.sigma2(tt)))
+
+
+def _score(sde) -> Callable:
+    def score(x, t):
+        a = torch.exp(sde.log_alpha(t.to(F64)))
+        s2 = sde.sigma2(t.to(F64))
+        return -(x - a * MU) / (a * a * V + s2)
+    return score
+
+
+def _grid(sde, n: int = 8, seed: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    inner = torch.sort(torch.rand(n - 1, generator=g, dtype=F64) * (sde.T - sde.eps) + sde.eps, descending=True).values
+    ts = torch.cat([torch.tensor([sde.T], dtype=F64), inner, torch.tensor([sde.eps], dtype=F64)])
+    return ts
+
+
+def _x_T(B: int = 5) -> torch.Tensor:
+    return torch.randn(B, 3, generator=torch.Generator().manual_seed(11), dtype=F64) * 1.3 + 0.4
+
+
+def _tw(x, s, a, sg_):
+    return (x + sg_ * sg_ * s) / a
+
+
+def _lam(a, s):
+    return math.log(a / s)
+
+
+def _close(got, want, tol=TOL):
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def _far(a, b, gap=1e-5):
+    assert float((a - b).abs().max()) > gap
+
+
+# ------------------------------------------------------------------------------ Heun / EDM
+
+
+@pytest.mark.parametrize("last_euler", [True, False])
+def test_heun_matches_karras_algorithm_1_on_a_nonuniform_vp_grid(last_euler):
+    """Bug class: a dropped 1/2, the wrong slope time, last_euler ignored or inverted, the
+    alpha-scaling of EDM's variables dropped. Oracle: Karras et al. Alg. 1 in x/alpha, sigma/alpha
+    written here. Control: the other last_euler setting differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+
+    def hand(le):
+        n = len(ts) - 1
+        xb = x_T / AB[0][0]
+        for i in range(n):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            d = -s0 * score(xb * a0, ts[i])
+            ds = s1 / a1 - s0 / a0
+            xe = xb + ds * d
+            if le and i == n - 1:
+                xb = xe
+            else:
+                xb = xb + ds * 0.5 * (d - s1 * score(xe * a1, ts[i + 1]))
+        return xb * AB[-1][0]
+
+    got = S.heun(sde, score, x_T, ts, last_euler=last_euler)
+    _close(got.x, hand(last_euler))
+    _far(got.x, hand(not last_euler))
+    n = len(ts) - 1
+    assert got.nfe == 2 * n - (1 if last_euler else 0)
+
+
+def test_edm_sde_noise_scale_window_and_last_step_on_vp():
+    """Bug class: S_noise not applied (or squared), the S_tmin/S_tmax window inverted or
+    ignored, alpha-scaling of D dropped, last_euler=False ignored. Oracle: Karras Alg. 2 written
+    here in x/alpha (VP: alpha != 1), churned times by inverting lambda = -log(sigma_hat). The
+    window [0.3, 4] leaves the first and last steps unchurned. Controls: S_noise = 1 and a
+    window containing every step both differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde, n=8, seed=9), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+    sbar = [s / a for a, s in AB]
+    n = len(ts) - 1
+    churn, tmin, tmax, noise = 3.0, 0.3, 4.0, 0.7
+    assert any(not tmin <= sb <= tmax for sb in sbar[:-1]) and any(tmin <= sb <= tmax for sb in sbar[:-1])
+
+    def hand(S_noise, lo, hi, last_euler):
+        g = torch.Generator().manual_seed(4)
+        xb = x_T / AB[0][0]
+        for i in range(n):
+            gam = min(churn / n, math.sqrt(2) - 1) if lo <= sbar[i] <= hi else 0.0
+            sh = min(sbar[i] * (1 + gam), max(sbar[0], sbar[i]))
+            if sh > sbar[i]:
+                th = sde.t_of_lambda(torch.tensor([-math.log(sh)], dtype=F64))[0]
+                ah = math.exp(float(sde.log_alpha(th)))
+                xh = xb + S_noise * math.sqrt(sh * sh - sbar[i] ** 2) * torch.randn(xb.shape, generator=g, dtype=F64)
+            else:
+                th, ah = ts[i], AB[i][0]
+                xh = xb
+            sgh = ah * sh
+            d = (xh - _tw(ah * xh, score(ah * xh, th), ah, sgh)) / sh
+            ds = sbar[i + 1] - sh
+            xe = xh + ds * d
+            if last_euler and i == n - 1:
+                xb = xe
+            else:
+                a1, s1 = AB[i + 1]
+                d2 = (xe - _tw(a1 * xe, score(a1 * xe, ts[i + 1]), a1, s1)) / sbar[i + 1]
+                xb = xh + ds * 0.5 * (d + d2)
+        return xb * AB[-1][0]
+
+    got = S.edm_sde(sde, score, x_T, ts, generator=torch.Generator().manual_seed(4), S_churn=churn,
+                    S_tmin=tmin, S_tmax=tmax, S_noise=noise, last_euler=False).x
+    want = hand(noise, tmin, tmax, False)
+    _close(got, want, 1e-9)
+    _far(got, hand(1.0, tmin, tmax, False))
+    _far(got, hand(noise, 0.0, 1e9, False))
+    _far(got, hand(noise, tmin, tmax, True))
+
+
+# ------------------------------------------------------------------------------ singlestep exponential
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_dpm_solver_orders_1_2_match_the_paper_on_a_nonuniform_grid(order):
+    """Bug class: expm1(h) vs expm1(-h), r1 = 1/2 changed, the 1/(2 r1) weight dropped, the
+    midpoint time taken from the wrong lambda. Oracle: Lu et al. (2022) DPM-Solver-1/2 in eps
+    prediction, midpoint time by inverting lambda (sde.t_of_lambda). Control: order 1 vs 2 differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+
+    def hand(p):
+        x = x_T
+        for i in range(len(ts) - 1):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            l0, l1 = _lam(a0, s0), _lam(a1, s1)
+            h = l1 - l0
+            e0 = -s0 * score(x, ts[i])
+            if p == 1:
+                x = a1 / a0 * x - s1 * (math.exp(h) - 1) * e0
+            else:
+                tm = sde.t_of_lambda(torch.tensor([l0 + 0.5 * h], dtype=F64))[0]
+                am, sm = _ab(sde, float(tm))
+                u = am / a0 * x - sm * (math.exp(0.5 * h) - 1) * e0
+                eu = -sm * score(u, tm)
+                x = a1 / a0 * x - s1 * (math.exp(h) - 1) * e0 - s1 * (math.exp(h) - 1) * (eu - e0)
+        return x
+
+    got = S.dpm_solver(sde, score, x_T, ts, order=order).x
+    _close(got, hand(order))
+    _far(got, hand(3 - order))
+
+
+def test_dpm_solver_pp_2s_with_r_not_half_matches_algorithm_1():
+    """Bug class: r not passed on (0.5 used), (1 - 1/(2r)) weights swapped, the intermediate
+    point's alpha/sigma from the wrong time. Oracle: DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1)
+    written here with r = 0.3. Control: the r = 0.5 recursion differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+
+    def hand(r):
+        x = x_T
+        for i in range(len(ts) - 1):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            l0, l1 = _lam(a0, s0), _lam(a1, s1)
+            h = l1 - l0
+            tu = sde.t_of_lambda(torch.tensor([l0 + r * h], dtype=F64))[0]
+            au, su = _ab(sde, float(tu))
+            m0 = _tw(x, score(x, ts[i]), a0, s0)
+            u = su / s0 * x - au * (math.exp(-r * h) - 1) * m0
+            mu = _tw(u, score(u, tu), au, su)
+            x = s1 / s0 * x - a1 * (math.exp(-h) - 1) * ((1 - 1 / (2 * r)) * m0 + mu / (2 * r))
+        return x
+
+    got = S.dpm_solver_pp_2s(sde, score, x_T, ts, r=0.3).x
+    _close(got, hand(0.3))
+    _far(got, hand(0.5))
+
+
+# ------------------------------------------------------------------------------ stochastic exponential
+
+
+def _expint(c: float, h: float, k: int) -> float:
+    """Closed form of int_0^h c e^{-c (h - u)} u^k du for k = 0, 1, 2."""
+    E = -math.expm1(-c * h)
+    if k == 0:
+        return E
+    if k == 1:
+        return h - E / c
+    return h * h - 2 * h / c + 2 * E / (c * c)
+
+
+@pytest.mark.parametrize("order, lof", [(2, True), (3, True), (3, False)])
+def test_sa_solver_tau_not_one_matches_the_exact_lagrange_integral(order, lof):
+    """Bug class: tau^2 vs tau in the decay or the noise, the kernel rate (1 + tau^2) wrong, the
+    Lagrange nodes shifted by one, lower_order_final ignored/inverted, the noise std's square root
+    dropped. Oracle: the SA-Solver predictor (Xue et al. 2023) with the interpolant through the last
+    p data predictions in u = lambda - lambda_i, integrated against (1+tau^2) e^{-(1+tau^2)(h-u)}
+    in closed form (polynomial coefficients by divided differences), tau = 0.7. Controls: tau = 1
+    and the other lower_order_final setting differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+    lam = [_lam(a, s) for a, s in AB]
+    n = len(ts) - 1
+
+    def hand(tau, lo_final):
+        c = 1 + tau * tau
+        g = torch.Generator().manual_seed(8)
+        x, ms = x_T, []
+        for i in range(n):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            ms.append(_tw(x, score(x, ts[i]), a0, s0))
+            p = min(order, i + 1)
+            if lo_final:
+                p = min(p, n - i)
+            h = lam[i + 1] - lam[i]
+            # Newton form in u = lambda - lambda_i: nodes u_j = lambda_{i-j} - lambda_i
+            u = [lam[i - j] - lam[i] for j in range(p)]
+            f = [ms[-1 - j] for j in range(p)]
+            integ = _expint(c, h, 0) * f[0]
+            if p >= 2:
+                f01 = (f[0] - f[1]) / (u[0] - u[1])
+                # p(u) = f0 + f01 u (+ f012 u (u - u1))
+                integ = integ + _expint(c, h, 1) * f01
+            if p >= 3:
+                f12 = (f[1] - f[2]) / (u[1] - u[2])
+                f012 = (f01 - f12) / (u[0] - u[2])
+                integ = integ + f012 * (_expint(c, h, 2) - u[1] * _expint(c, h, 1))
+            x = s1 / s0 * math.exp(-tau * tau * h) * x + a1 * integ
+            x = x + s1 * math.sqrt(1 - math.exp(-2 * tau * tau * h)) * torch.randn(x.shape, generator=g, dtype=F64)
+        return x
+
+    got = S.sa_solver(sde, score, x_T, ts, generator=torch.Generator().manual_seed(8), order=order, tau=0.7,
+                      lower_order_final=lof).x
+    _close(got, hand(0.7, lof), 1e-9)
+    _far(got, hand(1.0, lof))
+    _far(got, hand(0.7, not lof))
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_dpm_solver_pp_2m_sde_eta_not_one_matches_the_k_diffusion_rule(solver_type):
+    """Bug class: eta not used in the decay e^{-eta h} or the noise, c = (1 + eta) h wrong, the
+    heun/midpoint k(c) swapped, r = h_{i-1}/h_i inverted. Oracle: k-diffusion's dpmpp_2m_sde
+    written here from its formulas with eta = 0.6 on the non-uniform grid. Controls: eta = 1, the
+    other solver type, and r inverted differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+    lam = [_lam(a, s) for a, s in AB]
+
+    def hand(eta, st, inv=False):
+        g = torch.Generator().manual_seed(2)
+        x, prev = x_T, None
+        for i in range(len(ts) - 1):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            m = _tw(x, score(x, ts[i]), a0, s0)
+            h = lam[i + 1] - lam[i]
+            c = (1 + eta) * h
+            xn = s1 / s0 * math.exp(-eta * h) * x + a1 * (1 - math.exp(-c)) * m
+            if prev is not None:
+                r = (lam[i] - lam[i - 1]) / h
+                if inv:
+                    r = 1 / r
+                k = 0.5 * (1 - math.exp(-c)) if st == "midpoint" else 1 - (1 - math.exp(-c)) / c
+                xn = xn + a1 * k / r * (m - prev)
+            xn = xn + s1 * math.sqrt(1 - math.exp(-2 * eta * h)) * torch.randn(x.shape, generator=g, dtype=F64)
+            x, prev = xn, m
+        return x
+
+    got = S.dpm_solver_pp_2m_sde(sde, score, x_T, ts, generator=torch.Generator().manual_seed(2), eta=0.6,
+                                 solver_type=solver_type).x
+    _close(got, hand(0.6, solver_type), 1e-9)
+    _far(got, hand(1.0, solver_type))
+    _far(got, hand(0.6, "heun" if solver_type == "midpoint" else "midpoint"))
+    _far(got, hand(0.6, solver_type, inv=True))
+
+
+# ------------------------------------------------------------------------------ multistep
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_without_corrector_is_its_predictor(order):
+    """Bug class: ``corrector`` or ``predictor`` not passed on / inverted, lower_order_final
+    dropped on the dpmpp path. Exact invariance: UniPC with ``predictor="dpmpp", corrector=False``
+    is DPM-Solver++(pM) with lower_order_final=True, and UniP-1 without corrector is DDIM
+    (DPM-Solver-1). Control: the corrected run differs from the uncorrected one."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    plain = S.unipc(sde, score, x_T, ts, order=order, predictor="dpmpp", corrector=False).x
+    _close(plain, S.dpm_solver_pp_3m(sde, score, x_T, ts, order=order, lower_order_final=True).x)
+    _far(plain, S.unipc(sde, score, x_T, ts, order=order, predictor="dpmpp", corrector=True).x)
+    if order == 1:
+        _close(S.unipc(sde, score, x_T, ts, order=1, corrector=False).x, S.dpm_solver(sde, score, x_T, ts, order=1).x)
+
+
+@pytest.mark.parametrize("order, lof", [(2, False), (3, True)])
+def test_deis_matches_lagrange_eps_integrated_against_exp_minus_lambda(order, lof):
+    """Bug class: the e^{-lambda_i} scale dropped, the kernel sign flipped, the Lagrange nodes
+    shifted, lower_order_final ignored. Oracle: DEIS-tAB (Zhang & Chen 2023) in lambda written
+    here: the Newton interpolant of eps through the last p points in u = lambda - lambda_i,
+    integrated against e^{-(lambda - lambda_i)} in closed form. Control: the other
+    lower_order_final setting (order 3) / order 1 (order 2) differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+    lam = [_lam(a, s) for a, s in AB]
+    n = len(ts) - 1
+
+    def J(h, k):  # int_0^h e^{-u} u^k du
+        E = -math.expm1(-h)
+        return [E, E - h * math.exp(-h), 2 * E - (h * h + 2 * h) * math.exp(-h)][k]
+
+    def hand(p_max, lo_final):
+        x, es = x_T, []
+        for i in range(n):
+            (a0, s0), (a1, _) = AB[i], AB[i + 1]
+            es.append(-s0 * score(x, ts[i]))
+            p = min(p_max, i + 1)
+            if lo_final:
+                p = min(p, n - i)
+            h = lam[i + 1] - lam[i]
+            u = [lam[i - j] - lam[i] for j in range(p)]
+            f = [es[-1 - j] for j in range(p)]
+            integ = J(h, 0) * f[0]
+            if p >= 2:
+                f01 = (f[0] - f[1]) / (u[0] - u[1])
+                integ = integ + J(h, 1) * f01
+            if p >= 3:
+                f012 = (f01 - (f[1] - f[2]) / (u[1] - u[2])) / (u[0] - u[2])
+                integ = integ + f012 * (J(h, 2) - u[1] * J(h, 1))
+            x = a1 * (x / a0 - math.exp(-lam[i]) * integ)
+        return x
+
+    got = S.deis(sde, score, x_T, ts, order=order, lower_order_final=lof).x
+    _close(got, hand(order, lof), 1e-9)
+    _far(got, hand(order, not lof) if order == 3 else hand(1, lof))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_ipndm_lower_orders_use_their_adams_bashforth_weights(order):
+    """Bug class: the coefficient table indexed off by one, the warm-up order wrong, the
+    rho = sigma/alpha step taken as a sigma step. Oracle: iPNDM written here with the
+    Adams-Bashforth weights (1), (3, -1)/2, (23, -16, 5)/12 on eps, DDIM steps in rho.
+    Control: the next-higher order differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+    W = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+
+    def hand(p_max):
+        x, es = x_T, []
+        for i in range(len(ts) - 1):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            es.append(-s0 * score(x, ts[i]))
+            w = W[min(p_max, i + 1)]
+            acc = sum(wj * es[-1 - j] for j, wj in enumerate(w))
+            x = a1 * (x / a0 + (s1 / a1 - s0 / a0) * acc)
+        return x
+
+    got = S.ipndm(sde, score, x_T, ts, order=order).x
+    _close(got, hand(order))
+    _far(got, hand(order + 1))
+
+
+# ------------------------------------------------------------------------------ callback contract
+
+_CALLBACK_SAMPLERS = {
+    "heun": lambda sde, f, x, ts, **kw: S.heun(sde, f, x, ts, **kw),
+    "dpm_solver1": lambda sde, f, x, ts, **kw: S.dpm_solver(sde, f, x, ts, order=1, **kw),
+    "dpm_solver2": lambda sde, f, x, ts, **kw: S.dpm_solver(sde, f, x, ts, order=2, **kw),
+    "dpm_solver3": lambda sde, f, x, ts, **kw: S.dpm_solver(sde, f, x, ts, order=3, **kw),
+    "dpm_solver_pp_2m": lambda sde, f, x, ts, **kw: S.dpm_solver_pp_2m(sde, f, x, ts, **kw),
+    "dpm_solver_pp_3m": lambda sde, f, x, ts, **kw: S.dpm_solver_pp_3m(sde, f, x, ts, **kw),
+    "dpm_solver_pp_2s": lambda sde, f, x, ts, **kw: S.dpm_solver_pp_2s(sde, f, x, ts, **kw),
+    "unipc": lambda sde, f, x, ts, **kw: S.unipc(sde, f, x, ts, order=3, **kw),
+    "deis": lambda sde, f, x, ts, **kw: S.deis(sde, f, x, ts, **kw),
+    "ipndm": lambda sde, f, x, ts, **kw: S.ipndm(sde, f, x, ts, **kw),
+    "sa_solver": lambda sde, f, x, ts, **kw: S.sa_solver(sde, f, x, ts, generator=torch.Generator().manual_seed(0), **kw),
+    "dpm_solver_pp_2m_sde": lambda sde, f, x, ts, **kw: S.dpm_solver_pp_2m_sde(sde, f, x, ts,
+                                                                         generator=torch.Generator().manual_seed(0), **kw),
+    "edm_sde_no_churn": lambda sde, f, x, ts, **kw: S.edm_sde(sde, f, x, ts, S_churn=0.0, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CALLBACK_SAMPLERS))
+def test_callback_denoised_is_tweedie_at_the_state_that_started_the_step(name):
+    """Bug class: the callback's ``denoised`` formed with the wrong sigma/alpha or sign, ``t``
+    reporting the step's start instead of the time reached, ``i`` off by one. Oracle: Tweedie's
+    (x + sigma_i^2 s(x, t_i))/alpha_i at the state the step started from (the previous callback's
+    x, x_T for step 0), written here. Control: Tweedie with sigma_{i+1} in place of sigma_i is
+    rejected."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    seen: List[dict] = []
+
+    def cb(info):
+        seen.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in info.items()})
+
+    _CALLBACK_SAMPLERS[name](sde, score, x_T, ts, callback=cb)
+    n = len(ts) - 1
+    assert [d["i"] for d in seen] == list(range(n))
+    for d in seen:
+        assert float(d["t"]) == float(ts[d["i"] + 1])
+    x_prev = x_T
+    for d in seen:
+        i = d["i"]
+        a0, s0 = _ab(sde, float(ts[i]))
+        want = _tw(x_prev, score(x_prev, ts[i]), a0, s0)
+        _close(d["denoised"], want, 1e-9)
+        a1, s1 = _ab(sde, float(ts[i + 1]))
+        _far(d["denoised"], _tw(x_prev, score(x_prev, ts[i]), a0, s1))
+        x_prev = d["x"]
