@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import sdesolve_gen as sg
+from sdesolve_gen import guidance as G
 from sdesolve_gen import samplers as S
 
 F64 = torch.float64
@@ -451,3 +452,193 @@ def test_callback_denoised_is_tweedie_at_the_state_that_started_the_step(name):
         a1, s1 = _ab(sde, float(ts[i + 1]))
         _far(d["denoised"], _tw(x_prev, score(x_prev, ts[i]), a0, s1))
         x_prev = d["x"]
+
+
+# ------------------------------------------------------------------------------ Langevin / PC / inpaint
+
+
+def _beta(sde, t: float) -> float:
+    """VP closed form beta(t) = beta_min + t (beta_max - beta_min)  (f = -beta x / 2, g^2 = beta)."""
+    return sde.beta_min + t * (sde.beta_max - sde.beta_min)
+
+
+def _langevin(x, s, z, snr, alpha_i):
+    """score_sde's corrector: eps = 2 alpha_i (snr mean||z|| / mean||s||)^2, x + eps s + sqrt(2 eps) z."""
+    step = 2 * alpha_i * (snr * float(z.norm(dim=1).mean()) / float(s.norm(dim=1).mean())) ** 2
+    return x + step * s + math.sqrt(2 * step) * z
+
+
+def _ancestral(x, s, a0, s0, a1, s1, z):
+    """DDPM posterior q(x_s | x_t, x0_hat) written from Ho et al. (2020) for a general linear SDE."""
+    r = a0 / a1
+    var = s0 ** 2 - r * r * s1 ** 2
+    x0 = _tw(x, s, a0, s0)
+    return (r * s1 ** 2 / s0 ** 2) * x + (a1 * var / s0 ** 2) * x0 + math.sqrt(var * s1 ** 2 / s0 ** 2) * z
+
+
+def test_predictor_corrector_with_two_ancestral_corrector_rounds_matches_algorithm_1():
+    """Bug class: n_corrector_steps or snr not passed on, the corrector's alpha_i not the squared
+    signal ratio (or inverted), the mean over the batch of norms replaced by one norm, the
+    ancestral posterior's weights swapped. Oracle: Song et al. (2021) PC sampling written here
+    (two Langevin rounds at t_i, then an ancestral step), same draw order. Controls: one corrector
+    round, alpha_i = 1, and snr = 0.16 (the default) all differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+
+    def hand(k, snr, use_alpha=True):
+        g = torch.Generator().manual_seed(6)
+        x = x_T
+        for i in range(len(ts) - 1):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            al = (a0 / a1) ** 2 if use_alpha else 1.0
+            for _ in range(k):
+                s = score(x, ts[i])
+                x = _langevin(x, s, torch.randn(x.shape, generator=g, dtype=F64), snr, al)
+            x = _ancestral(x, score(x, ts[i]), a0, s0, a1, s1, torch.randn(x.shape, generator=g, dtype=F64))
+        return x
+
+    got = S.predictor_corrector(sde, score, x_T, ts, generator=torch.Generator().manual_seed(6), predictor="ancestral",
+                                snr=0.07, n_corrector_steps=2)
+    _close(got.x, hand(2, 0.07), 1e-9)
+    assert got.nfe == 3 * (len(ts) - 1)
+    _far(got.x, hand(1, 0.07))
+    _far(got.x, hand(2, 0.07, use_alpha=False))
+    _far(got.x, hand(2, 0.16))
+
+
+def test_annealed_langevin_runs_n_steps_each_at_every_level_including_the_last():
+    """Bug class: n_steps_each or step_lr not passed on, a_i = lr sigma_i^2/sigma_L^2 with the
+    wrong level (first instead of last) or exponent, the last level skipped, the 1/2 on the
+    score dropped. Oracle: NCSN's Alg. 1 (Song & Ermon 2019) written here on the non-uniform grid
+    with 3 steps per level. Controls: 2 steps per level and skipping the last level differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    sig = [_ab(sde, float(t))[1] for t in ts]
+    lr = 1e-4
+    assert lr < 2 * sig[-1] ** 2
+
+    def hand(k, levels):
+        g = torch.Generator().manual_seed(3)
+        x = x_T
+        for i in range(levels):
+            a = lr * sig[i] ** 2 / sig[-1] ** 2
+            for _ in range(k):
+                x = x + 0.5 * a * score(x, ts[i]) + math.sqrt(a) * torch.randn(x.shape, generator=g, dtype=F64)
+        return x
+
+    got = S.annealed_langevin(sde, score, x_T, ts, generator=torch.Generator().manual_seed(3), n_steps_each=3, step_lr=lr)
+    _close(got.x, hand(3, len(ts)), 1e-9)
+    assert got.nfe == 3 * len(ts)
+    _far(got.x, hand(2, len(ts)))
+    _far(got.x, hand(3, len(ts) - 1))
+
+
+def test_inpaint_pc_replaces_after_every_corrector_and_predictor_step():
+    """Bug class: the replacement after a corrector round dropped, replacement at t_i instead
+    of t_{i+1} after the predictor, n_corrector_steps/snr not passed on, an event-shaped mask not
+    broadcast over the batch, the last replacement not the clean data. Oracle: Song et al. (2021,
+    App. I.2) replacement written here with the reverse-diffusion predictor (exact forward kernel
+    reversed) and the Langevin corrector, same draw order. Controls: replacing only after the
+    predictor, and one corrector round, differ."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    AB = [_ab(sde, float(t)) for t in ts]
+    mask = torch.tensor([True, False, True])
+    x_known = torch.randn(5, 3, generator=torch.Generator().manual_seed(21), dtype=F64)
+    snr = 0.11
+
+    def hand(k, replace_corr=True):
+        g = torch.Generator().manual_seed(13)
+
+        def rep(x, i):
+            z = torch.randn(x.shape, generator=g, dtype=F64)
+            return torch.where(mask, AB[i][0] * x_known + AB[i][1] * z, x)
+
+        x = rep(x_T, 0)
+        for i in range(len(ts) - 1):
+            (a0, s0), (a1, s1) = AB[i], AB[i + 1]
+            for _ in range(k):
+                x = _langevin(x, score(x, ts[i]), torch.randn(x.shape, generator=g, dtype=F64), snr, (a0 / a1) ** 2)
+                if replace_corr:
+                    x = rep(x, i)
+            r = a0 / a1
+            G2 = s0 ** 2 - r * r * s1 ** 2
+            x = x - (r - 1) * x + G2 * score(x, ts[i]) + math.sqrt(G2) * torch.randn(x.shape, generator=g, dtype=F64)
+            x = rep(x, i + 1)
+        return torch.where(mask, x_known, x)
+
+    got = S.inpaint(sde, score, x_known, mask, ts, sampler="pc", generator=torch.Generator().manual_seed(13), x_T=x_T,
+                    snr=snr, n_corrector_steps=2).x
+    _close(got, hand(2), 1e-9)
+    _far(got, hand(2, replace_corr=False))
+    _far(got, hand(1))
+
+
+# ------------------------------------------------------------------------------ ODE / registry / guidance
+
+
+def test_ode_fixed_step_euler_steps_on_every_grid_time():
+    """Bug class: a fixed-step torchdiffeq method given only the end points (or the adaptive
+    branch taken), the PF-ODE's 1/2 on g^2 s dropped, the callback hook attached to the wrong
+    torchdiffeq attribute. Oracle: Euler on dx/dt = -beta x/2 - beta s/2 (VP closed form) on the
+    non-uniform grid, written here. Control: one Euler step over the whole interval differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+
+    def hand(grid):
+        x = x_T
+        for t0, t1 in zip(grid[:-1], grid[1:]):
+            b = _beta(sde, float(t0))
+            x = x + (float(t1) - float(t0)) * (-0.5 * b * x - 0.5 * b * score(x, t0))
+        return x
+
+    seen = []
+    got = S.ode(sde, score, x_T, ts, method="euler", callback=lambda info: seen.append(float(info["t"])))
+    _close(got.x, hand(ts))
+    _far(got.x, hand(ts[[0, -1]]))
+    assert seen == [float(t) for t in ts[:-1]]  # torchdiffeq's step callback: the start of each step
+
+
+def test_registered_kwargs_yield_to_explicit_ones_and_denoise_adds_one_evaluation():
+    """Bug class: SamplerSpec.__call__ merging in the wrong order (registered kwargs overriding
+    the caller's), denoise not counted or not passed on. Oracle: the registry's documented rule
+    (explicit wins) against the direct call; denoise=True is one more evaluation and equals
+    Tweedie at ts[-1] of the plain solve, written here. Control: the registered order differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+    spec = S.SAMPLERS["dpm_solver1"]
+    _close(spec(sde, score, x_T, ts, order=2).x, S.dpm_solver(sde, score, x_T, ts, order=2).x)
+    _far(spec(sde, score, x_T, ts).x, S.dpm_solver(sde, score, x_T, ts, order=2).x)
+    for name in ("dpm_solver2", "heun", "deis3", "sa_solver", "edm_sde"):
+        spec = S.SAMPLERS[name]
+        kw = {"generator": torch.Generator().manual_seed(1)}
+        plain = spec(sde, score, x_T, ts, **kw)
+        kw = {"generator": torch.Generator().manual_seed(1)}
+        den = spec(sde, score, x_T, ts, denoise=True, **kw)
+        n = len(ts) - 1
+        assert (plain.nfe, den.nfe) == (spec.nfe(n), spec.nfe(n, denoise=True)) == (spec.nfe(n), spec.nfe(n) + 1)
+        a, s = _ab(sde, float(ts[-1]))
+        _close(den.x, _tw(plain.x, score(plain.x, ts[-1]), a, s), 1e-9)
+
+
+def test_label_guidance_with_per_sample_times_pairs_each_time_with_both_branches():
+    """Bug class: the per-sample time vector not repeated for the doubled batch (or repeated
+    interleaved), the null half and the conditional half swapped, w and 1 + w swapped. Oracle:
+    (1 + w) s(x, t_b | y_b) - w s(x, t_b | null) per sample, from a hand-written model whose
+    output depends on t and on the label. Control: the swapped combination differs."""
+    K, null, w = 3, 3, 0.8
+
+    def model(x, t, y):
+        return -x * (1.0 + t.reshape(-1, 1)) + 0.5 * y.to(x.dtype).reshape(-1, 1)
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.tensor([0.1, 0.5, 0.9, 1.3], dtype=F64)
+    y = torch.tensor([0, 2, 1, 2])
+    got = G.label_guidance(model, y, w, null_label=null, num_classes=K)(x, t)
+    cond = -x * (1 + t[:, None]) + 0.5 * y[:, None].to(F64)
+    unc = -x * (1 + t[:, None]) + 0.5 * null
+    _close(got, (1 + w) * cond - w * unc)
+    _far(got, (1 + w) * unc - w * cond)
+    got0 = G.label_guidance(model, y, 0.0, null_label=null, num_classes=K)(x, t)
+    _close(got0, cond)
