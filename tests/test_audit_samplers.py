@@ -642,3 +642,127 @@ def test_label_guidance_with_per_sample_times_pairs_each_time_with_both_branches
     _far(got, (1 + w) * unc - w * cond)
     got0 = G.label_guidance(model, y, 0.0, null_label=null, num_classes=K)(x, t)
     _close(got0, cond)
+
+
+# ------------------------------------------------------------------------------ adaptive controllers
+
+
+@pytest.mark.parametrize("controller, stretch", [("i", 1.0), ("pi", 1.6)])
+def test_dpm_solver_adaptive_23_matches_a_hand_written_controller(controller, stretch):
+    """Bug class: rtol/atol swapped or the scale taken from |x_low|, the error norm a 2-norm or a
+    batch mean instead of the per-sample RMS maxed over the batch, theta / max_factor / h_init not
+    passed on, the PI exponents (0.7, 0.4) or the "no growth after a rejection" rule wrong,
+    final_stretch's stretch/split branches inverted, the r1/r2 stage weights swapped. Oracle:
+    Lu et al. (2022) Alg. 4 with DPM-Solver++ stages (module docstring formulas) and the
+    controller written here; rtol != atol, theta = 0.7, max_factor = 1.6, h_init = 3 (rejected first).
+    Checks: accepted lambda grid, counts, NFE = 1 + 2 attempts + (accepted - 1), final x.
+    Control: the same hand loop with the batch-mean error norm gives another grid."""
+    sde = _sde()
+    score, x_T = _score(sde), _x_T(6)
+    ts = torch.tensor([sde.T, sde.eps], dtype=F64)
+    rtol, atol, theta, fmax, h0 = 3e-3, 1e-2, 0.7, 1.6, 3.0
+
+    def sched(lam):
+        t = sde.t_of_lambda(torch.tensor([lam], dtype=F64)).clamp(sde.eps, sde.T)[0]
+        a, s = _ab(sde, float(t))
+        return t, a, s
+
+    def hand(norm_over_batch):
+        a0, s0 = _ab(sde, sde.T)
+        ae, se = _ab(sde, sde.eps)
+        lam_t, lam_end = _lam(a0, s0), _lam(ae, se)
+        x, t_cur, a_t, s_t = x_T, ts[0], a0, s0
+        m0 = _tw(x, score(x, t_cur), a_t, s_t)
+        h, lams, acc, rej, e_prev, just_rej = h0, [lam_t], 0, 0, 1.0, False
+        while lam_end - lam_t > 1e-12 * max(1.0, abs(lam_end)):
+            rest = lam_end - lam_t
+            if rest <= stretch * h:
+                h = rest
+            elif stretch > 1.0 and rest < 2 * h:
+                h = rest / 2
+            last = rest - h <= 1e-12
+            t1, a1, s1 = sched(lam_t + h / 3)
+            t2, a2, s2 = sched(lam_t + 2 * h / 3)
+            _, a_s, s_s = (ts[1], ae, se) if last else sched(lam_t + h)
+            e1, e2, e = math.expm1(-h / 3), math.expm1(-2 * h / 3), math.expm1(-h)
+            u1 = s1 / s_t * x - a1 * e1 * m0
+            m1 = _tw(u1, score(u1, t1), a1, s1)
+            u2 = s2 / s_t * x - a2 * e2 * m0 + 2 * a2 * (e2 / (2 * h / 3) + 1) * (m1 - m0)
+            m2 = _tw(u2, score(u2, t2), a2, s2)
+            base = s_s / s_t * x - a_s * e * m0
+            lo = base + 3 * a_s * (e / h + 1) * (m1 - m0)
+            hi = base + 1.5 * a_s * (e / h + 1) * (m2 - m0)
+            q = ((hi - lo) / (atol + rtol * torch.maximum(hi.abs(), x.abs()))) ** 2
+            E = float(q.mean().sqrt()) if norm_over_batch else float(q.mean(1).sqrt().max())
+            E = max(E, 1e-10)
+            if E <= 1:
+                x, lam_t = hi, (lam_end if last else lam_t + h)
+                acc += 1
+                lams.append(lam_t)
+                if not last:
+                    t_cur, a_t, s_t = sched(lam_t)
+                    m0 = _tw(x, score(x, t_cur), a_t, s_t)
+            if controller == "pi" and E <= 1:
+                fac = theta * E ** (-0.7 / 3) * e_prev ** (0.4 / 3)
+            else:
+                fac = theta * E ** (-1 / 3)
+            fac = min(1.0 if (just_rej and controller == "pi") else fmax, max(0.2, fac))
+            if E <= 1:
+                e_prev, just_rej = E, False
+            else:
+                rej, just_rej = rej + 1, True
+            h *= fac
+        return x, lams, acc, rej
+
+    got = S.dpm_solver_adaptive(sde, score, x_T, ts, order=3, rtol=rtol, atol=atol, h_init=h0, theta=theta,
+                                max_factor=fmax, controller=controller, final_stretch=stretch)
+    x, lams, acc, rej = hand(False)
+    assert rej > 0 and acc > 3  # both branches of the controller were taken
+    assert (got.n_steps, got.n_rejected) == (acc, rej)
+    assert got.nfe == 1 + 2 * (acc + rej) + (acc - 1)
+    torch.testing.assert_close(torch.tensor(got.extra["lambdas"], dtype=F64), torch.tensor(lams, dtype=F64),
+                               rtol=1e-12, atol=1e-12)
+    _close(got.x, x, 1e-9)
+    assert hand(True)[1] != lams
+
+
+def test_adaptive_sde_matches_a_hand_written_gotta_go_fast_controller():
+    """Bug class: theta, r or h_init not passed on, the shared z not shared between the two
+    proposals, delta's max(|x'|, |x'_prev|) taken with the wrong previous state, the accepted
+    state x' instead of x'', the step not clipped at the end, T scaled away. Oracle:
+    Jolicoeur-Martineau et al. (2021) Alg. 1 written here with the VP closed forms
+    f = -beta x / 2, g^2 = beta (T = 1.7), rtol != atol, theta = 0.8, r = 0.7, h_init = 0.05.
+    Checks: counts, NFE = 2 per attempt, final x. Control: keeping x' (the EM proposal) differs."""
+    sde = _sde()
+    score, x_T = _score(sde), _x_T(4)
+    ts = torch.tensor([sde.T, sde.eps], dtype=F64)
+    rtol, atol, theta, r, h0 = 2e-2, 5e-2, 0.8, 0.7, 0.05
+
+    def hand(keep_em):
+        g = torch.Generator().manual_seed(17)
+        t, x, x_prev, h, acc, rej = sde.T, x_T, x_T, h0, 0, 0
+        while t - sde.eps > 1e-12:
+            h = min(h, t - sde.eps)
+            b0, b1 = _beta(sde, t), _beta(sde, t - h)
+            tt, tn = torch.tensor(t, dtype=F64), torch.tensor(t - h, dtype=F64)
+            z = torch.randn(x.shape, generator=g, dtype=F64)
+            x1 = x + h * (b0 * score(x, tt) + 0.5 * b0 * x) + math.sqrt(b0 * h) * z
+            x2 = 0.5 * (x1 + x + h * (b1 * score(x1, tn) + 0.5 * b1 * x1) + math.sqrt(b1 * h) * z)
+            delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev.abs()), min=atol)
+            E = float(((x1 - x2) / delta).pow(2).mean(1).sqrt().max())
+            if E <= 1:
+                t -= h
+                x, x_prev = (x1 if keep_em else x2), x1
+                acc += 1
+            else:
+                rej += 1
+            h = theta * h * max(E, 1e-10) ** (-r)
+        return x, acc, rej
+
+    got = S.adaptive_sde(sde, score, x_T, ts, generator=torch.Generator().manual_seed(17), rtol=rtol, atol=atol,
+                         h_init=h0, theta=theta, r=r)
+    x, acc, rej = hand(False)
+    assert rej > 0
+    assert (got.n_steps, got.n_rejected, got.nfe) == (acc, rej, 2 * (acc + rej))
+    _close(got.x, x, 1e-9)
+    _far(got.x, hand(True)[0])
