@@ -767,3 +767,44 @@ def test_adaptive_sde_matches_a_hand_written_gotta_go_fast_controller():
     assert (got.n_steps, got.n_rejected, got.nfe) == (acc, rej, 2 * (acc + rej))
     _close(got.x, x, 1e-9)
     _far(got.x, hand(True)[0])
+
+
+# ------------------------------------------------------------------------------ reverse-time objects
+
+
+def test_reverse_sde_and_pf_ode_coefficients_in_solver_time_with_T_not_one():
+    """Bug class: u = T - t replaced by 1 - t (T = 1 hides it), the drift sign in solver time
+    flipped, g instead of g^2 on the score, the on_grid table keyed on the wrong time or storing
+    g^2 for g, model_kwargs or data_shape not passed on, the PF-ODE's 1/2 dropped. Oracle: the VP
+    closed forms f = -beta x / 2, g^2 = beta at t = T - u (T = 1.7), and a score with a keyword
+    argument written here. Control: the value at t = u (T ignored) differs."""
+    sde = _sde()
+    base = _score(sde)
+
+    def score(x, t, shift=0.0):
+        assert x.shape[1:] == (3,)
+        return base(x, t) + shift
+
+    x = _x_T(4)
+    rs = sg.ReverseSDE(sde, score, data_shape=(3,), model_kwargs={"shift": 0.3})
+    us = rs.solver_times(torch.tensor([1.6, 0.9, 0.25], dtype=F64))
+    _close(us, torch.tensor([0.1, 0.8, 1.45], dtype=F64))
+    tab = rs.on_grid(us)
+    v = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    for u in us:
+        t = float(sde.T - u)
+        b = _beta(sde, t)
+        s = base(x, torch.tensor(t, dtype=F64)) + 0.3
+        want_f = b * s + 0.5 * b * x
+        for obj in (rs, tab):
+            _close(obj.f(u, x), want_f)
+            _close(obj.g(u, x), torch.full_like(x, math.sqrt(b)))
+            _close(obj.g_prod(u, x, v), math.sqrt(b) * v)
+            f2, gv = obj.f_and_g_prod(u, x, v)
+            _close(f2, want_f)
+            _close(gv, math.sqrt(b) * v)
+        _close(rs.reverse_drift(x, torch.tensor(t, dtype=F64)), -0.5 * b * x - b * s)
+        _far(rs.f(u, x), _beta(sde, float(u)) * (base(x, u) + 0.3) + 0.5 * _beta(sde, float(u)) * x)
+        pf = sg.ProbabilityFlowODE(sde, score, model_kwargs={"shift": 0.3})
+        _close(pf(torch.tensor(t, dtype=F64), x), -0.5 * b * x - 0.5 * b * s)
+    assert (tab.nfe, rs.nfe) == (3 * 2, 3 * 4)  # f + f_and_g_prod per time; rs also reverse_drift + control
