@@ -808,3 +808,25 @@ def test_reverse_sde_and_pf_ode_coefficients_in_solver_time_with_T_not_one():
         pf = sg.ProbabilityFlowODE(sde, score, model_kwargs={"shift": 0.3})
         _close(pf(torch.tensor(t, dtype=F64), x), -0.5 * b * x - 0.5 * b * s)
     assert (tab.nfe, rs.nfe) == (3 * 2, 3 * 4)  # f + f_and_g_prod per time; rs also reverse_drift + control
+
+
+def test_euler_maruyama_steps_the_reverse_sde_in_closed_form_on_a_nonuniform_grid():
+    """Bug class: the drift coefficient (log alpha)' halved or sign-flipped, g^2 vs g on the score,
+    sqrt(g^2 h) replaced by g^2 sqrt(h), the step h taken from the wrong pair of grid times.
+    Oracle: Euler-Maruyama on dx = [f - g^2 s] dt + g dw backwards in time with the VP closed
+    forms f = -beta x / 2, g^2 = beta (T = 1.7), written here, same draws. Control: the
+    probability-flow drift (g^2 s / 2) differs."""
+    sde = _sde()
+    score, ts, x_T = _score(sde), _grid(sde), _x_T()
+
+    def hand(c):
+        g = torch.Generator().manual_seed(12)
+        x = x_T
+        for t0, t1 in zip(ts[:-1], ts[1:]):
+            b, h = _beta(sde, float(t0)), float(t0 - t1)
+            x = x + (c * b * score(x, t0) + 0.5 * b * x) * h + math.sqrt(b * h) * torch.randn(x.shape, generator=g, dtype=F64)
+        return x
+
+    got = S.euler_maruyama(sde, score, x_T, ts, generator=torch.Generator().manual_seed(12)).x
+    _close(got, hand(1.0))
+    _far(got, hand(0.5))
