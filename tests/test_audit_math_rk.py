@@ -129,6 +129,10 @@ CASES = [
     (extrapolation_tableau((2, 4, 6)), 0.2, 1.7, 1e-7, 1e-9, 0.85, 4.0, 0.25, (0.5, 0.3), None),
     # a first step far too large: rejections down to the dfactor floor, then accepted steps right after a rejection
     (DOPRI5, 0.0, 1.5, 1e-6, 1e-8, 0.9, 10.0, 0.05, (0.7, 0.4), 0.9),
+    # rejections, then an accepted step whose PI factor exceeds 1: the no-growth-after-rejection
+    # rule decides the next step (settings found by scanning first_step, dfactor and beta with the rule removed)
+    (DOPRI5, 0.0, 1.5, 1e-6, 1e-8, 0.9, 10.0, 0.1, (1.0, 0.0), 0.9),
+    (DOPRI5, 0.0, 1.5, 1e-8, 1e-10, 0.9, 10.0, 0.05, (1.0, 0.0), 0.9),
 ]
 
 
