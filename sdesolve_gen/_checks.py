@@ -8,6 +8,7 @@ expected, before any work, never ``assert``:
 * tensors: :func:`check_tensor`, :func:`check_batch` (``(B, *shape)``, empty batches refused),
   :func:`check_finite`, :func:`check_exact_shapes`, :func:`check_same_shape` (outputs of user
   callables must have exactly the expected shape: no silent broadcasting),
+  :func:`check_score_output` (a score's shape, device and dtype are exactly its input's),
   :func:`check_time_tensor` (a network's time input);
 * times and coefficients: :func:`check_model_time` (``t`` in ``[0, T]``), :func:`check_coefficient`
   (``sigma(t) > 0`` where the maths divides by it);
@@ -221,6 +222,21 @@ def check_same_shape(name: str, value: torch.Tensor, expected: Tuple[int, ...], 
         raise ValueError(f"{producer} returned shape {tuple(value.shape)} for {name}, expected exactly {tuple(expected)}"
                          " (no broadcasting)")
     return value
+
+
+def check_score_output(s: object, x: torch.Tensor, producer: str = "score_fn") -> torch.Tensor:
+    """Raise unless ``s``, returned by ``producer`` for the input ``x``, is a tensor of exactly
+    ``x``'s shape (``ValueError``; no broadcasting), on its device (``ValueError``) and of its dtype
+    (``TypeError``: the state would otherwise change precision silently). Returns ``s``."""
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"{producer} returned shape {got}, expected {tuple(x.shape)}")
+    if s.device != x.device:
+        raise ValueError(f"{producer} returned a tensor on {s.device}, expected x's device {x.device}")
+    if s.dtype != x.dtype:
+        raise TypeError(f"{producer} returned dtype {s.dtype}, expected x's dtype {x.dtype} "
+                        "(the state would change precision silently)")
+    return s
 
 
 def check_in_data_range(name: str, x: torch.Tensor, data_range: object) -> None:

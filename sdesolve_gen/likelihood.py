@@ -94,6 +94,7 @@ from ._checks import (
     check_in_data_range,
     check_positive,
     check_probe_options,
+    check_score_output,
     checked_prior,
 )
 from ._gather import gather_in_order
@@ -254,16 +255,8 @@ class _Augmented(torch.nn.Module):
             probes = None if probes is None else probes[:, index]
 
         def score(xf: Tensor) -> Tensor:
-            s = self.score_fn(xf.reshape(shape), t64, **kwargs)
-            if not isinstance(s, torch.Tensor) or s.shape != shape:
-                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-                raise ValueError(f"score_fn returned {got}, expected shape {shape}")
-            if s.device != xf.device:
-                raise ValueError(f"score_fn returned a tensor on {s.device}, expected x's device {xf.device}")
-            if s.dtype != xf.dtype:
-                raise TypeError(f"score_fn returned dtype {s.dtype}, expected x's dtype {xf.dtype} "
-                                "(the log-density would change precision silently)")
-            return s.reshape(B, D)
+            xs = xf.reshape(shape)
+            return check_score_output(self.score_fn(xs, t64, **kwargs), xs).reshape(B, D)
 
         s, div_s = self.engine(score, x, probes)
         if self.control is not None and probes is not None:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ._checks import NonFiniteError, TimeLike, as_float64, as_time64
+from ._checks import NonFiniteError, TimeLike, as_float64, as_time64, check_score_output
 from .sde import LinearSDE, expand_to
 
 Tensor = torch.Tensor
@@ -129,13 +129,7 @@ class _ScoreCaller(nn.Module):
                     raise TypeError(f"model_kwargs {sorted(self.model_kwargs)} were not accepted by score_fn: {err}") from err
                 raise
         self.nfe += 1
-        if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-            raise ValueError(f"score_fn returned shape {got}, expected {tuple(x.shape)}")
-        if s.device != x.device:
-            raise ValueError(f"score_fn returned a tensor on {s.device}, expected x's device {x.device}")
-        if s.dtype != x.dtype:
-            raise TypeError(f"score_fn returned dtype {s.dtype}, expected x's dtype {x.dtype} (the state would change precision silently)")
+        check_score_output(s, x)
         if self.check_finite == "step":
             # A sum is NaN/inf whenever an element is (cheaper than isfinite().all()); an overflowing
             # sum of finite values is confirmed element-wise before anything is raised.
