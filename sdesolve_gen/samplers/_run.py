@@ -89,7 +89,7 @@ class Run:
                                  "random draws follow x_T's device, pass a generator on that device")
         if not bool(torch.isfinite(self.x_T).all()):
             raise ValueError("x_T contains NaN or inf")
-        check_bool("denoise", denoise)  # before any work; :meth:`finish` applies it
+        self.denoise = check_bool("denoise", denoise)  # checked before any work; :meth:`finish` applies it
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(info_dict), got {type(callback).__name__}")
         ts = check_ts(ts, sde)
@@ -133,9 +133,9 @@ class Run:
         except Exception as err:
             raise ValueError(f"callback raised {type(err).__name__} at step {i} (t={self.t[i + 1]:.6g}): {err}") from err
 
-    def finish(self, x: Tensor, denoise: bool, **extra: Any) -> Solution:
-        """Optionally denoise, check finiteness once, and wrap the result in a :class:`~sdesolve_gen.Solution`."""
-        if check_bool("denoise", denoise):
+    def finish(self, x: Tensor, **extra: Any) -> Solution:
+        """Denoise if the run was asked to, check finiteness once, and wrap the result in a :class:`~sdesolve_gen.Solution`."""
+        if self.denoise:
             x = tweedie_x0(x, self.score(x, len(self.t) - 1), self.alpha[-1], self.sigma[-1])
         self.caller.raise_if_nonfinite()
         return Solution(

@@ -162,7 +162,7 @@ def dpm_solver_adaptive(
             n_rej += 1
             just_rejected = True
         h = h * fac
-    out = run.finish(x, denoise, order=order, rtol=rtol, atol=atol, lambdas=lams)
+    out = run.finish(x, order=order, rtol=rtol, atol=atol, lambdas=lams)
     out.n_steps, out.n_rejected = n_acc, n_rej
     return out
 
@@ -283,6 +283,6 @@ def dpm_solver_adaptive_multistep(
             n_rej += 1
             just_rejected = True
         h = h * fac
-    out = run.finish(x, denoise, rtol=rtol, atol=atol, lambdas=lams)
+    out = run.finish(x, rtol=rtol, atol=atol, lambdas=lams)
     out.n_steps, out.n_rejected = n_acc, n_rej
     return out

@@ -148,4 +148,4 @@ def inpaint(
         x = replace(x, i + 1)
         run.done(i, x)
     x = torch.where(m, x_known, x)
-    return run.finish(x, False, sampler=sampler)
+    return run.finish(x, sampler=sampler)

@@ -106,7 +106,7 @@ def annealed_langevin(
             x = x + 0.5 * a_i * run.score(x, i) + math.sqrt(a_i) * run.noise(x)
         if i + 1 < len(run.t):
             run.done(i, x)
-    return run.finish(x, denoise, n_steps_each=n_steps_each, step_lr=step_lr)
+    return run.finish(x, n_steps_each=n_steps_each, step_lr=step_lr)
 
 
 #: Predictor steps by name, ``step(run, x, i) -> x_next`` (shared with inpainting).
@@ -162,6 +162,6 @@ def predictor_corrector(
             x = pred(run, x, i)
         run.done(i, x)
     name = getattr(predictor, "__name__", str(predictor))
-    sol = run.finish(x, denoise, predictor=name, corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps)
+    sol = run.finish(x, predictor=name, corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps)
     sol.method = f"pc[{name}+{corrector}]"
     return sol

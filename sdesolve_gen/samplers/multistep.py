@@ -136,7 +136,7 @@ def dpm_solver_pp_3m(
         ms = (ms + [m])[-order:]
         x = _dpmpp_step(run, x, i, lam, ms, _this_order(order, i, n, lower_order_final), 2.0 if exact_quadratic else 1.0)
         run.done(i, x, m)
-    return run.finish(x, denoise, order=order, exact_quadratic=exact_quadratic)
+    return run.finish(x, order=order, exact_quadratic=exact_quadratic)
 
 
 def dpm_solver_pp_2s(
@@ -173,7 +173,7 @@ def dpm_solver_pp_2s(
         D = (1 - 0.5 / r) * m0 + (0.5 / r) * mu
         x = (run.sigma[i + 1] / run.sigma[i]) * x - run.alpha[i + 1] * math.expm1(-h) * D
         run.done(i, x, m0)
-    return run.finish(x, denoise, r=r)
+    return run.finish(x, r=r)
 
 
 # ------------------------------------------------------------------------------------------ UniPC
@@ -291,7 +291,7 @@ def unipc(
         last = (x, p, i)
         x = x_new
         run.done(i, x, m)
-    return run.finish(x, denoise, order=order, variant=variant, predictor=predictor, corrector=corrector)
+    return run.finish(x, order=order, variant=variant, predictor=predictor, corrector=corrector)
 
 
 # ------------------------------------------------------------------------------------------- DEIS
@@ -367,7 +367,7 @@ def deis(
         denoised = (x - run.sigma[i] * e) / run.alpha[i] if run.callback is not None else None
         x = run.alpha[i + 1] * (x / run.alpha[i] - scale * acc)
         run.done(i, x, denoised)
-    return run.finish(x, denoise, order=order)
+    return run.finish(x, order=order)
 
 
 #: Adams-Bashforth coefficients of iPNDM, newest evaluation first (orders 1-4).
@@ -415,4 +415,4 @@ def ipndm(
         denoised = (x - run.sigma[i] * e) / run.alpha[i] if run.callback is not None else None
         x = run.alpha[i + 1] * (x / run.alpha[i] + drho * acc)
         run.done(i, x, denoised)
-    return run.finish(x, denoise, order=order)
+    return run.finish(x, order=order)

@@ -48,7 +48,7 @@ def ode(
     grid = torch.stack([run.tt[0], run.tt[-1]]) if method in ADAPTIVE_ODE_METHODS else torch.stack(run.tt)
     sol = odeint(func, run.x_T, grid, method=method, rtol=rtol, atol=atol, save="final", progress=progress)
     run.caller.nfe = func.nfe
-    out = run.finish(sol.x, denoise, rtol=sol.extra["rtol"], atol=sol.extra["atol"], solver=method)
+    out = run.finish(sol.x, rtol=sol.extra["rtol"], atol=sol.extra["atol"], solver=method)
     out.method = f"ode[{method}]"
     out.n_steps, out.n_rejected = sol.n_steps, sol.n_rejected
     return out
@@ -89,7 +89,7 @@ def heun(
             d2 = -run.sigma[i + 1] * run.score(x_euler * run.alpha[i + 1], i + 1)
             xbar = xbar + ds * 0.5 * (d + d2)
         run.done(i, xbar * run.alpha[i + 1], denoised)
-    return run.finish(xbar * run.alpha[-1], denoise)
+    return run.finish(xbar * run.alpha[-1])
 
 
 def _lambdas(run: Run) -> List[float]:
@@ -156,7 +156,7 @@ def dpm_solver(
                 d2 = eps_hat(u2, t2, s2) - e_t
                 x = (a_s / a_t) * x - s_s * math.expm1(h) * e_t - (s_s / r2) * (math.expm1(h) / h - 1) * d2
         run.done(i, x, denoised)
-    return run.finish(x, denoise, order=order)
+    return run.finish(x, order=order)
 
 
 def dpm_solver_pp_2m(
@@ -188,4 +188,4 @@ def dpm_solver_pp_2m(
         x = (run.sigma[i + 1] / run.sigma[i]) * x - run.alpha[i + 1] * math.expm1(-h) * D
         prev_x0, prev_h = x0, h
         run.done(i, x, x0)
-    return run.finish(x, denoise)
+    return run.finish(x)

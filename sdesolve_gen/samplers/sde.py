@@ -39,7 +39,7 @@ def euler_maruyama(
     for i in run.steps(progress):
         x = em_step(run, x, i)
         run.done(i, x)
-    return run.finish(x, denoise)
+    return run.finish(x)
 
 
 def em_step(run: Run, x: Tensor, i: int) -> Tensor:
@@ -82,7 +82,7 @@ def reverse_diffusion(
     for i in run.steps(progress):
         x = reverse_diffusion_step(run, x, i)
         run.done(i, x)
-    return run.finish(x, denoise)
+    return run.finish(x)
 
 
 def ancestral_step(run: Run, x: Tensor, i: int) -> Tensor:
@@ -118,7 +118,7 @@ def ancestral(
     for i in run.steps(progress):
         x = ancestral_step(run, x, i)
         run.done(i, x)
-    return run.finish(x, denoise)
+    return run.finish(x)
 
 
 def adaptive_sde(
@@ -186,6 +186,6 @@ def adaptive_sde(
         h = theta * h * max(E, 1e-10) ** (-r)
     if bar is not None:
         bar.close()
-    sol = run.finish(x, denoise, rtol=rtol, atol=atol)
+    sol = run.finish(x, rtol=rtol, atol=atol)
     sol.n_steps, sol.n_rejected = accepted, rejected
     return sol

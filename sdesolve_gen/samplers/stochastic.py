@@ -82,7 +82,7 @@ def dpm_solver_pp_2m_sde(
             x_new = x_new + s_s * math.sqrt(-math.expm1(-2 * eta * h)) * run.noise(x)
         x, prev = x_new, m
         run.done(i, x, m)
-    return run.finish(x, denoise, eta=eta, solver_type=solver_type)
+    return run.finish(x, eta=eta, solver_type=solver_type)
 
 
 def edm_sde(
@@ -152,7 +152,7 @@ def edm_sde(
             d2 = (xe - D(xe, i + 1, run.alpha[i + 1], run.sigma[i + 1])) / sbar[i + 1]
             xb = xh + ds * 0.5 * (d + d2)
         run.done(i, xb * run.alpha[i + 1], x0)
-    return run.finish(xb * run.alpha[-1], denoise, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
+    return run.finish(xb * run.alpha[-1], S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
 
 
 def sa_solver(
@@ -203,4 +203,4 @@ def sa_solver(
             x_new = x_new + run.sigma[i + 1] * math.sqrt(-math.expm1(-2 * tau * tau * h)) * run.noise(x)
         x = x_new
         run.done(i, x, m)
-    return run.finish(x, denoise, order=order, tau=tau)
+    return run.finish(x, order=order, tau=tau)
