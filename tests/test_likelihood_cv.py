@@ -14,13 +14,6 @@ from sdesolve_gen.analytic import Gaussian
 from sdesolve_gen.divergence import GaussianControlVariate
 
 
-def _mixture_cov(means: torch.Tensor, covs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Law of total covariance: sum_k w_k (C_k + m_k m_k^T) - m m^T, m = sum_k w_k m_k."""
-    m = (w[:, None] * means).sum(0)
-    second = sum(w[k] * (covs[k] + torch.outer(means[k], means[k])) for k in range(len(w)))
-    return second - torch.outer(m, m)
-
-
 @pytest.mark.parametrize("method", ["dopri5", "dopri5_ps"])
 def test_control_variate_is_exact_for_gaussian_data(device, method):
     """(With shared steps, and with independent steps per sample, where each sample's C_t is taken
@@ -54,11 +47,11 @@ def test_control_variate_stderr_covers_per_sample(D, K):
     given the trajectory). N = 150: binomial sd = sqrt(.95 * .05 / 150) = 0.018, asserted coverage
     >= 0.95 - 3 sd = 0.897 (solver error at tol 1e-5 is < 1e-3 of the probe spread here).
     Negative control: the same check with stderr / 2 must fall below 0.897. The control
-    variate is the mixture's own covariance (closed form above), not exact for a mixture."""
+    variate is the mixture's own covariance (law of total covariance), not exact for a mixture."""
     from scipy.stats import t as student_t
 
     data = ill_conditioned(D, seed=D)
-    cov = _mixture_cov(data.means, data.covs, data.weights)
+    cov = data.cov  # law of total covariance (GaussianMixture.cov)
     sde = sg.VPSDE()
     n = 150
     x = data.sample(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
