@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -34,14 +34,21 @@ def coverage_row(h: Any, exact: torch.Tensor, **fields: Any) -> Dict[str, Any]:
                 coverage_half_stderr=float((dev <= q * h.stderr / 2).double().mean()), rms_err=float(dev.pow(2).mean().sqrt()))
 
 
+def exact_reference(sde: Any, D: int, n: int) -> Tuple[Any, torch.Tensor, Dict[str, Any], torch.Tensor]:
+    """The D-dimensional target, its ``n`` points (seed 2), the solve options (``rtol = atol = 1e-5``,
+    exact prior) and the exact-divergence log-likelihoods the estimators are compared with."""
+    data = ill_conditioned(D, seed=D)
+    x = data.sample(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    kw = dict(rtol=1e-5, atol=1e-5, prior=data.prior(sde))
+    exact = sg.log_likelihood(sde, data.score_fn(sde), x, divergence="exact", **kw).log_prob
+    return data, x, kw, exact
+
+
 def run(dims=(4, 12, 32), ks=(4, 8, 32), n: int = 150, log=print) -> Dict[str, Any]:
     sde = sg.VPSDE()
     rows: List[Dict[str, Any]] = []
     for D in dims:
-        data = ill_conditioned(D, seed=D)
-        x = data.sample(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        kw = dict(rtol=1e-5, atol=1e-5, prior=data.prior(sde))
-        exact = sg.log_likelihood(sde, data.score_fn(sde), x, divergence="exact", **kw).log_prob
+        data, x, kw, exact = exact_reference(sde, D, n)
         for K in ks:
             h = sg.log_likelihood(sde, data.score_fn(sde), x, divergence="hutchinson", n_probes=K,
                                   generator=torch.Generator().manual_seed(3), **kw)

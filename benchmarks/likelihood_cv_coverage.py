@@ -22,19 +22,15 @@ import torch
 import sdesolve_gen as sg
 from sdesolve_gen.divergence import GaussianControlVariate
 
-from .likelihood_coverage import coverage_row
-from .problems import ill_conditioned
+from .likelihood_coverage import coverage_row, exact_reference
 
 
 def run(cases=((4, 8), (12, 4), (12, 32), (32, 8)), n: int = 150, log=print) -> Dict[str, Any]:
     sde = sg.VPSDE()
     rows: List[Dict[str, Any]] = []
     for D, K in cases:
-        data = ill_conditioned(D, seed=D)
+        data, x, kw, exact = exact_reference(sde, D, n)
         cov = data.cov  # the mixture's covariance: the control variate's Gaussian fit
-        x = data.sample(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        kw = dict(rtol=1e-5, atol=1e-5, prior=data.prior(sde))
-        exact = sg.log_likelihood(sde, data.score_fn(sde), x, divergence="exact", **kw).log_prob
         for name, div in (("hutchinson", "hutchinson"), ("control variate", GaussianControlVariate(cov))):
             h = sg.log_likelihood(sde, data.score_fn(sde), x, divergence=div, n_probes=K, generator=torch.Generator().manual_seed(3), **kw)
             r = coverage_row(h, exact, D=D, K=K, n=n, estimator=name)
