@@ -649,7 +649,7 @@ def test_label_guidance_with_per_sample_times_pairs_each_time_with_both_branches
 
 @pytest.mark.parametrize("controller, stretch, h0", [("i", 1.0, 3.0), ("pi", 1.6, 10.0)])
 def test_dpm_solver_adaptive_23_matches_a_hand_written_controller(controller, stretch, h0):
-    """Bug class: rtol/atol swapped or the scale taken from |x_low|, the error norm a 2-norm or a
+    """Bug class: rtol/atol swapped, atol not in data units (times alpha_s), or the scale taken from |x_low|, the error norm a 2-norm or a
     batch mean instead of the per-sample RMS maxed over the batch, theta / max_factor / h_init not
     passed on, the PI exponents (0.7, 0.4) or the "no growth after a rejection" rule wrong,
     final_stretch's stretch/split branches inverted, the r1/r2 stage weights swapped. Oracle:
@@ -693,7 +693,7 @@ def test_dpm_solver_adaptive_23_matches_a_hand_written_controller(controller, st
             base = s_s / s_t * x - a_s * e * m0
             lo = base + 3 * a_s * (e / h + 1) * (m1 - m0)
             hi = base + 1.5 * a_s * (e / h + 1) * (m2 - m0)
-            q = ((hi - lo) / (atol + rtol * torch.maximum(hi.abs(), x.abs()))) ** 2
+            q = ((hi - lo) / (a_s * atol + rtol * torch.maximum(hi.abs(), x.abs()))) ** 2
             E = float(q.mean().sqrt()) if norm_over_batch else float(q.mean(1).sqrt().max())
             E = max(E, 1e-10)
             if E <= 1:

@@ -77,20 +77,91 @@ def test_pece_reproduces_a_hand_written_recursion_on_its_own_nonuniform_grid():
     assert sol.nfe == 1 + sol.n_steps + sol.n_rejected
 
 
+def test_pece_controller_matches_a_hand_written_loop_on_vp():
+    """Bug class: the error scale without alpha_s on atol (atol in x_s units instead of data
+    units), rtol/atol swapped, the per-sample RMS replaced by a batch RMS, the PI exponents, the
+    no-growth-after-rejection rule, final_stretch's split, theta / max_factor / h_init not passed
+    on. Oracle: the controller written here from the docstring (VP, so alpha_s runs from 0.007 to
+    1; rtol != atol; theta, max_factor, h_init non-default). Checks: accepted log-SNR grid (1e-12),
+    rejection count, NFE and x (1e-10 relative). Control: the same loop with ``atol`` unscaled by
+    alpha_s chooses another grid."""
+    sde, data = sg.VPSDE(), target()
+    score = data.score_fn(sde)
+    x_T = data.prior(sde).sample(32, generator=torch.Generator().manual_seed(9), dtype=F64)
+    rtol, atol, theta, fmax, h0 = 0.01, 0.04, 0.7, 1.7, 2.5
+
+    def coef(lam):
+        t = sde.t_of_lambda(torch.tensor([lam], dtype=F64)).clamp(sde.eps, sde.T)
+        return t, math.exp(float(sde.log_alpha(t))), math.sqrt(float(sde.sigma2(t)))
+
+    def x0(x, t, a, s):
+        return (x + s * s * score(x, t.expand(x.shape[0]))) / a
+
+    def hand(alpha_scaled_atol):
+        tT, tE = torch.tensor([sde.T], dtype=F64), torch.tensor([sde.eps], dtype=F64)
+        a_T, s_T = math.exp(float(sde.log_alpha(tT))), math.sqrt(float(sde.sigma2(tT)))
+        a_E, s_E = math.exp(float(sde.log_alpha(tE))), math.sqrt(float(sde.sigma2(tE)))
+        lam, lam_end = math.log(a_T / s_T), math.log(a_E / s_E)
+        x, s0, m0 = x_T, s_T, x0(x_T, tT, a_T, s_T)
+        m_prev, h_prev, h, lams, rej, nfe, e_prev, just_rej = None, 0.0, h0, [lam], 0, 1, 1.0, False
+        while lam_end - lam > 1e-12 * max(1.0, abs(lam_end)):
+            rest = lam_end - lam
+            if rest <= 1.5 * h:
+                h = rest
+            elif rest < 2 * h:
+                h = rest / 2
+            last = rest - h <= 1e-12
+            t1, a1, s1 = (tE, a_E, s_E) if last else coef(lam + h)
+            e = math.exp(-h)
+            w0, w1, w2 = 1 - e, h - 1 + e, h * h - 2 * h + 2 - 2 * e
+            base = (s1 / s0) * x
+            slope = 0 if m_prev is None else (m0 - m_prev) / h_prev
+            x_p = base + a1 * (w0 * m0 + w1 * slope)
+            m1 = x0(x_p, t1, a1, s1)
+            nfe += 1
+            if m_prev is None:
+                k, x_c = 2, base + a1 * (w0 * m0 + w1 * (m1 - m0) / h)
+            else:
+                c = ((m1 - m0) / h - slope) / (h + h_prev)
+                k, x_c = 3, base + a1 * (w0 * m0 + w1 * ((m1 - m0) / h - c * h) + w2 * c)
+            scale = (a1 if alpha_scaled_atol else 1.0) * atol + rtol * torch.maximum(x_c.abs(), x.abs())
+            E = max(float(((x_c - x_p) / scale).pow(2).mean(1).sqrt().max()), 1e-10)
+            if E <= 1:
+                fac = min(1.0 if just_rej else fmax, max(0.2, theta * E ** (-0.7 / k) * e_prev ** (0.4 / k)))
+                x, lam, s0, m_prev, m0, h_prev = x_c, (lam_end if last else lam + h), s1, m0, m1, h
+                lams.append(lam)
+                e_prev, just_rej = E, False
+            else:
+                fac = min(1.0, max(0.2, theta * E ** (-1 / k)))
+                rej, just_rej = rej + 1, True
+            h *= fac
+        return x, lams, rej, nfe
+
+    sol = S.dpm_solver_adaptive_multistep(sde, score, x_T, timesteps(sde, 1), rtol=rtol, atol=atol, theta=theta,
+                                          max_factor=fmax, h_init=h0)
+    x, lams, rej, nfe = hand(True)
+    assert rej > 0 and len(lams) > 6  # both controller branches taken
+    assert (sol.n_rejected, sol.nfe) == (rej, nfe)
+    torch.testing.assert_close(torch.tensor(sol.extra["lambdas"], dtype=F64), torch.tensor(lams, dtype=F64),
+                               rtol=1e-12, atol=1e-12)
+    assert float((sol.x - x).norm() / x.norm()) < 1e-10
+    assert hand(False)[1] != lams
+
+
 def test_pece_counts_controls_its_error_and_beats_the_singlestep_pair_per_nfe():
     sde, data, x_T, ref = _problem()
     score = data.score_fn(sde)
     ae = float(sde.alpha(sde.eps))
     out = []
-    for tol in (0.05, 0.01, 0.002):
+    for tol in (0.05, 0.025, 0.01, 0.002):
         sol = S.dpm_solver_adaptive_multistep(sde, score, x_T, timesteps(sde, 1), rtol=tol, atol=tol)
         assert sol.nfe == 1 + sol.n_steps + sol.n_rejected
         lam = sol.extra["lambdas"]
         assert all(b > a for a, b in zip(lam, lam[1:]))
         assert lam[0] == pytest.approx(_lam(sde, sde.T)) and lam[-1] == pytest.approx(_lam(sde, sde.eps))
         out.append((sol.nfe, S.trajectory_rmse(sol.x, ref, ae)))
-    assert out[0][0] < out[1][0] < out[2][0]
-    assert out[0][1] > out[1][1] > out[2][1] and out[2][1] < 2e-3
+    assert out[0][0] < out[1][0] < out[2][0] < out[3][0]
+    assert out[0][1] > out[1][1] > out[2][1] > out[3][1] and out[3][1] < 2e-3
     # per NFE it beats the singlestep 23 pair: some run with no more NFE has a lower error
     ss = S.dpm_solver_adaptive(sde, score, x_T, timesteps(sde, 1), rtol=0.05, atol=0.05)
     e_ss = S.trajectory_rmse(ss.x, ref, ae)

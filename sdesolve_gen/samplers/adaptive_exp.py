@@ -15,7 +15,8 @@ with step :math:`h`, :math:`m_0 = \hat x_0(x, t)`, :math:`\varphi_1 = e^{-h} - 1
   high :math:`x^{(3)} = \mathrm{base} - \alpha_s\varphi_1 m_0 + \tfrac{\alpha_s\varphi_2}{r_2}(m_2 - m_0)`.
 
 Error control is **per sample**: with :math:`\delta = x^{high} - x^{low}` and the elementwise scale
-:math:`c = \mathrm{atol} + \mathrm{rtol}\max(|x^{high}|, |x|)`, each sample's error is its RMS
+:math:`c = \alpha_s\,\mathrm{atol} + \mathrm{rtol}\max(|x^{high}|, |x|)` (``atol`` in data units,
+see :func:`_error_ratio`), each sample's error is its RMS
 :math:`e_b = (\mathrm{mean}_d (\delta/c)^2)^{1/2}` and the step's error is :math:`E = \max_b e_b`, so
 no sample's error is averaged away by the batch. The step is accepted if :math:`E \le 1`
 (the high-order solution is kept, local extrapolation) and the next step is
@@ -55,8 +56,9 @@ def dpm_solver_adaptive(
 
     Args:
         order: 2 (pair 1/2, 2 evaluations per attempted step) or 3 (pair 2/3, 3 evaluations).
-        rtol, atol: tolerances of the per-sample RMS error norm (x-space); the defaults reach a mean
-            trajectory error near 1e-2 on the benchmark mixtures (see ``docs/benchmarks.rst``).
+        rtol, atol: tolerances of the per-sample RMS error norm (``atol`` in data units, times
+            :math:`\alpha_s`); the defaults reach a mean trajectory error below 1e-2 on the
+            benchmark mixtures (see ``docs/benchmarks.rst``).
         h_init: first step in :math:`\lambda` (default: a tenth of the log-SNR range).
         theta: safety factor of the step-size update.
         max_factor: largest growth of the step from one step to the next.
@@ -132,12 +134,7 @@ def dpm_solver_adaptive(
             base = (s_s / s_t) * x - a_s * phi1 * m0
             x_low = base + (a_s * phi2 / r1) * (m1 - m0)
             x_high = base + (a_s * phi2 / r2) * (m2 - m0)
-        scale = atol + rtol * torch.maximum(x_high.abs(), x.abs())
-        per = ((x_high - x_low) / scale).reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
-        E = float(per.max())  # the step-size controller's one host synchronisation
-        if not math.isfinite(E):
-            E = 1e10
-        E = max(E, 1e-10)
+        E = _error_ratio(x_high, x_low, x, a_s, rtol, atol)
         if E <= 1.0:
             x, lam_t = x_high, lam_s
             n_acc += 1
@@ -167,6 +164,21 @@ def dpm_solver_adaptive(
     return out
 
 
+def _error_ratio(x_high: Tensor, x_low: Tensor, x: Tensor, alpha_s: float, rtol: float, atol: float) -> float:
+    r"""The step's error ratio :math:`E = \max_b e_b` (accept when :math:`E \le 1`).
+
+    :math:`e_b = (\mathrm{mean}_d(\delta/c)^2)^{1/2}` with :math:`\delta = x^{high} - x^{low}` and
+    :math:`c = \alpha_s\,\mathrm{atol} + \mathrm{rtol}\max(|x^{high}|, |x|)` element-wise: ``atol`` is
+    in data units (an error :math:`\alpha_s\,\mathrm{atol}` in :math:`x_s = \alpha_s x_0 + \sigma_s z` is an
+    error ``atol`` in :math:`x_s/\alpha_s`, the data-scale units of the benchmark error). ``x_high``,
+    ``x_low``, ``x`` of shape ``(B, *shape)``; a non-finite ratio becomes ``1e10`` (reject, shrink)
+    and the ratio is floored at ``1e-10``. The ``float`` is the controller's one host synchronisation."""
+    scale = alpha_s * atol + rtol * torch.maximum(x_high.abs(), x.abs())
+    per = ((x_high - x_low) / scale).reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
+    E = float(per.max())
+    return max(E, 1e-10) if math.isfinite(E) else 1e10
+
+
 def _quad_weights(h: float) -> Tuple[float, float, float]:
     r""":math:`I_k = \int_0^h e^{\tau - h}\tau^k\,d\tau` for :math:`k = 0, 1, 2`, written with
     :math:`\varphi_1 = e^{-h} - 1` (``expm1``, no cancellation): :math:`I_0 = -\varphi_1`,
@@ -179,7 +191,7 @@ def dpm_solver_adaptive_multistep(
     sde: LinearSDE, score_fn: ScoreFn, x_T: Tensor, ts: Tensor, *, generator: Optional[torch.Generator] = None,
     denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
     callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
-    rtol: float = 0.02, atol: float = 0.02, h_init: Optional[float] = None, theta: float = 0.8,
+    rtol: float = 0.03, atol: float = 0.03, h_init: Optional[float] = None, theta: float = 0.8,
     max_steps: int = 1000, max_factor: float = 2.0, final_stretch: float = 1.5,
 ) -> Solution:
     r"""Adaptive exponential multistep predictor-corrector in log-SNR: **one** evaluation per attempted step.
@@ -199,7 +211,7 @@ def dpm_solver_adaptive_multistep(
 
     The local errors are :math:`O(h^3)` (predictor) and :math:`O(h^4)` (corrector), so
     :math:`\delta = x^C - x^P` estimates the predictor's local error; the per-sample norm is that of
-    :func:`dpm_solver_adaptive` (:math:`E = \max_b e_b`, ``atol + rtol * max(|x^C|, |x|)``), the
+    :func:`dpm_solver_adaptive` (:math:`E = \max_b e_b`, ``alpha_s * atol + rtol * max(|x^C|, |x|)``), the
     step is accepted when :math:`E \le 1` (keeping :math:`x^C`; the next step reuses :math:`m_1`,
     evaluated at :math:`x^P` as in UniPC, so an accepted step costs no extra evaluation) and
     :math:`h` follows the PI controller of :func:`dpm_solver_adaptive` with :math:`k = 3`. A rejected
@@ -207,7 +219,9 @@ def dpm_solver_adaptive_multistep(
     corrector the linear interpolant (:math:`c = 0`, :math:`b = A`), :math:`k = 2`.
 
     Args:
-        rtol, atol: tolerances of the per-sample RMS norm (x-space).
+        rtol, atol: tolerances of the per-sample RMS norm (``atol`` in data units, times
+            :math:`\alpha_s`); the defaults reached a mean trajectory error of at most 8e-3 in
+            at most 28 NFE on the six benchmark mixtures (see ``docs/benchmarks.rst``).
         h_init: first step in :math:`\lambda` (default: a tenth of the log-SNR range).
         theta, max_factor, max_steps, final_stretch: as in :func:`dpm_solver_adaptive`.
 
@@ -264,10 +278,7 @@ def dpm_solver_adaptive_multistep(
         else:
             c = (a_ - d) / (h + h_prev)
             x_c = base + (a_s * i0) * m0 + (a_s * i1) * (a_ - c * h) + (a_s * i2) * c
-        scale = atol + rtol * torch.maximum(x_c.abs(), x.abs())
-        per = ((x_c - x_p) / scale).reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
-        E = float(per.max())  # the step-size controller's one host synchronisation
-        E = max(E, 1e-10) if math.isfinite(E) else 1e10
+        E = _error_ratio(x_c, x_p, x, a_s, rtol, atol)
         if E <= 1.0:
             fac = theta * E ** (-0.7 / k) * e_prev ** (0.4 / k)
             x, lam_t, s_t = x_c, lam_end if last else lam_t + h, s_s
