@@ -229,3 +229,18 @@ def test_registered_with_its_arithmetic():
     assert spec.adaptive and not spec.stochastic and spec.nfe_per_step is None
     with pytest.raises(ValueError, match="adaptive"):
         spec.steps_for(10)
+
+
+@pytest.mark.parametrize("rest, h, stretch, want", [
+    (1.0, 0.8, 1.0, (0.8, False)),   # clipping only: no split even though rest < 2h
+    (0.8, 0.8, 1.0, (0.8, True)),
+    (1.0, 0.8, 1.5, (1.0, True)),    # stretched to the end
+    (1.5, 0.8, 1.5, (0.75, False)),  # rest in (1.5h, 2h): two equal steps
+    (3.0, 0.8, 1.5, (0.8, False)),
+])
+def test_both_adaptive_samplers_fit_the_last_step_the_same_way(rest, h, stretch, want):
+    """Bug class: the multistep sampler split the remainder in two with ``final_stretch=1`` (its
+    docstring promises the singlestep rule: clipping only at 1). Oracle: the rule as documented."""
+    from sdesolve_gen.samplers.adaptive_exp import _fit_step
+
+    assert _fit_step(rest, h, stretch) == pytest.approx(want)

@@ -105,12 +105,7 @@ def dpm_solver_adaptive(
     while lam_end - lam_t > 1e-12 * max(1.0, abs(lam_end)):
         if n_acc + n_rej >= max_steps:
             raise RuntimeError(f"dpm_solver_adaptive: {max_steps} steps without reaching the end; loosen rtol/atol")
-        rest = lam_end - lam_t
-        if rest <= final_stretch * h:
-            h = rest
-        elif final_stretch > 1.0 and rest < 2.0 * h:
-            h = 0.5 * rest
-        last = rest - h <= 1e-12
+        h, last = _fit_step(lam_end - lam_t, h, final_stretch)
         lam_s = lam_end if last else lam_t + h
         phi1 = math.expm1(-h)
         if order == 2:
@@ -162,6 +157,18 @@ def dpm_solver_adaptive(
     out = run.finish(x, order=order, rtol=rtol, atol=atol, lambdas=lams)
     out.n_steps, out.n_rejected = n_acc, n_rej
     return out
+
+
+def _fit_step(rest: float, h: float, final_stretch: float) -> Tuple[float, bool]:
+    r"""The step actually taken when :math:`\mathrm{rest}` of the log-SNR interval remains and the
+    controller proposes :math:`h`: ``(h, last)``. With ``final_stretch = 1`` the step is clipped
+    at the end; above 1, a remainder of at most ``final_stretch * h`` is taken in one (stretched)
+    step and one under ``2 h`` is split into two equal steps (no tiny last step)."""
+    if rest <= final_stretch * h:
+        h = rest
+    elif final_stretch > 1.0 and rest < 2.0 * h:
+        h = 0.5 * rest
+    return h, rest - h <= 1e-12
 
 
 def _error_ratio(x_high: Tensor, x_low: Tensor, x: Tensor, alpha_s: float, rtol: float, atol: float) -> float:
@@ -252,12 +259,7 @@ def dpm_solver_adaptive_multistep(
     while lam_end - lam_t > 1e-12 * max(1.0, abs(lam_end)):
         if n_acc + n_rej >= max_steps:
             raise RuntimeError(f"dpm_solver_adaptive_multistep: {max_steps} steps without reaching the end; loosen rtol/atol")
-        rest = lam_end - lam_t
-        if rest <= final_stretch * h:
-            h = rest
-        elif rest < 2.0 * h:
-            h = 0.5 * rest
-        last = rest - h <= 1e-12
+        h, last = _fit_step(lam_end - lam_t, h, final_stretch)
         if last:
             t_s, a_s, s_s = run.tt[-1], run.alpha[-1], run.sigma[-1]
         else:
