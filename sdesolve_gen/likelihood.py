@@ -216,14 +216,21 @@ def _slice_kwargs(kwargs: Dict[str, Any], B: int, sl: Union[slice, Tensor]) -> D
     return {k: (v[sl] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == B else v) for k, v in kwargs.items()}
 
 
+def _sample_ratio(rx: Tensor, rd: Tensor) -> Tensor:
+    """Per sample (``(B,)``): max(RMS over D of the x error ratios ``rx`` ``(B, D)``, max over the
+    K probes of the log-density error ratios ``|rd|`` ``(B, K)``): the one per-sample norm of both
+    the shared-step and the independent-step solves."""
+    return torch.maximum(rx.reshape(rx.shape[0], -1).pow(2).mean(1).sqrt(), rd.abs().amax(1))
+
+
 def _per_sample_norm(scale: float) -> Callable[[Tuple[Tensor, Tensor]], Tensor]:
-    """max over samples of max(RMS of the x error ratio, |delta error ratio| / scale)."""
+    """torchdiffeq ``norm`` (it receives error ratios already divided by ``atol + rtol |y|``):
+    the max over samples of :func:`_sample_ratio`, the delta ratio undone by ``scale`` (the stored
+    increment is ``delta * scale``, so its ratio is in units of ``atol`` nats)."""
 
     def norm(ratios: Tuple[Tensor, Tensor]) -> Tensor:
         ex, ed = ratios
-        rx = ex.reshape(ex.shape[0], -1).pow(2).mean(1).sqrt()
-        rd = ed.abs().amax(1) / scale
-        return torch.maximum(rx, rd).max()
+        return _sample_ratio(ex, ed / scale).max()
 
     return norm
 
@@ -334,8 +341,7 @@ def _per_sample_ratio(rtol: float, atol: float) -> Callable[[Tuple[Tensor, ...],
 
     def ratio(err: Tuple[Tensor, ...], y0: Tuple[Tensor, ...], y1: Tuple[Tensor, ...]) -> Tensor:
         ex, ed = err
-        rx = (ex / (atol + rtol * torch.maximum(y0[0].abs(), y1[0].abs()))).pow(2).mean(1).sqrt()
-        return torch.maximum(rx, ed.abs().amax(1) / atol)
+        return _sample_ratio(ex / (atol + rtol * torch.maximum(y0[0].abs(), y1[0].abs())), ed / atol)
 
     return ratio
 
