@@ -571,6 +571,7 @@ def _digit_classifier() -> Any:
 def _cmd_likelihood(args: argparse.Namespace) -> int:
     import torch
 
+    from .bpd import bits_per_dim
     from .likelihood import log_likelihood
 
     if args.probes is not None and args.divergence != "hutchinson":
@@ -594,12 +595,13 @@ def _cmd_likelihood(args: argparse.Namespace) -> int:
     D = math.prod(m["shape"])
     se_data = float(lp.std()) / math.sqrt(n) if n > 1 else float("nan")
     se_probe = float(res.stderr.pow(2).mean().sqrt() / math.sqrt(n)) if args.divergence == "hutchinson" else 0.0
-    bpd = -lp / (D * math.log(2.0))
+    bpd = bits_per_dim(lp, m["shape"])  # continuous code length (no data_range offset)
+    se_bpd = float(bpd.std()) / math.sqrt(n) if n > 1 else float("nan")
     print(f"PF-ODE log-likelihood ({res.extra['method']} rtol={args.rtol:g} atol={args.atol:g}, {args.divergence} divergence"
           f"{f', {args.probes} probes' if args.divergence == 'hutchinson' else ''}, standard prior, {args.weights} weights, checkpoint step {m['step']}) of {what}:")
     print(f"  mean log p = {float(lp.mean()):.4f} nats  (stderr over data {se_data:.4f}, over probes {se_probe:.4f})")
     print(f"  bits/dim   = {float(bpd.mean()):.4f}  (continuous, -log p / (D ln 2), D = {D}; "
-          f"stderr {se_data / (D * math.log(2.0)):.4f})")
+          f"stderr {se_bpd:.4f})")
     if m["target"] is not None:
         exact = m["target"].log_prob(x)
         print(f"  exact mean log p_data of the same points = {float(exact.mean()):.4f} nats "
