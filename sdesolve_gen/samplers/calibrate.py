@@ -268,11 +268,12 @@ def calibrate_timesteps(
     else:  # early stopping: the point of the path best on the validation set (ties: the earliest)
         i = min(range(len(path)), key=lambda k: (path[k][2], k))
     nfe_search, nfe_val = count["nfe"], count["val_nfe"]
+    path_ts = tuple(_grid_of(sde, u, lam_T, lam_e) for u in path_u)
     return CalibratedGrid(
-        ts=_grid_of(sde, path_u[i], lam_T, lam_e), sampler=sampler_name, nfe=nfe, steps=n, error_start=err0,
+        ts=path_ts[i], sampler=sampler_name, nfe=nfe, steps=n, error_start=err0,
         error_calibrated=path[i][1], nfe_reference=nfe_ref, nfe_search=nfe_search,
         nfe_total=nfe_ref + nfe_search + nfe_val, evaluations=count["evals"], seconds=time.perf_counter() - t_start,
         error_start_val=path[0][2], error_calibrated_val=path[i][2], nfe_validation=nfe_val,
         evaluations_val=count["val_evals"], path=tuple(path),
-        path_ts=tuple(_grid_of(sde, u, lam_T, lam_e) for u in path_u),
+        path_ts=path_ts,
     )
