@@ -78,7 +78,13 @@ def test_quick_command_writes_report(tmp_path, monkeypatch):
         # the verdict is a function of the numbers, not a constant; with no rows (e.g. the
         # optional k-diffusion peer is not installed) it is None, reported as "n/a (skipped)"
         v = res["goals"][key]
-        expected = all(p["passed"] for p in v["per_problem"].values()) if v["per_problem"] else None
+        lines = [p for p in v["per_problem"].values() if p.get("goal", True)]  # goal=False: reported only
+        if key == "sampling":  # the verdict is the "any grid" lines', never the default-grid-only ones
+            assert {k for k, p in v["per_problem"].items() if p["kind"] == "ratio" and p["goal"]} == {
+                k for k in v["per_problem"] if k.endswith("(any grid)")}
+            cal = [p for p in v["per_problem"].values() if p["kind"] == "calibrated"]
+            assert sum(p["goal"] for p in cal) == len({r["problem"] for r in rows if r["kind"] == "ours-calibrated"})
+        expected = all(p["passed"] for p in lines) if lines else None
         assert v["passed"] == expected
     md = (out / "results.md").read_text()
     assert "## Goals" in md and "| problem | method |" in md
