@@ -53,6 +53,7 @@ def test_reverse_sde_solver_time_drift_and_diffusion_closed_form_at_T_not_one():
     y = torch.randn(3, 4, generator=g, dtype=F64)
     v = torch.randn(3, 4, generator=g, dtype=F64)
     us = torch.tensor([0.0, 0.4, 1.7, 2.4], dtype=F64)
+    rs.f(us[0], y)  # one call before copying: the copy must start its own count at 0
     grid = rs.on_grid(us)
     for u in us:
         t = T - float(u)
@@ -71,7 +72,7 @@ def test_reverse_sde_solver_time_drift_and_diffusion_closed_form_at_T_not_one():
             torch.testing.assert_close(g3, torch.full_like(y, g_ref), rtol=1e-12, atol=1e-12)
         # physical-time reverse drift f - g^2 s = -beta/2 x - beta s
         torch.testing.assert_close(rs.reverse_drift(y, torch.tensor(t, dtype=F64)), -f_ref, rtol=1e-12, atol=1e-12)
-    assert grid.nfe == 3 * len(us) and rs.nfe == 4 * len(us)  # each object counts its own calls (f, fused, f_and_g; + reverse_drift)
+    assert grid.nfe == 3 * len(us) and rs.nfe == 4 * len(us) + 1  # each object counts its own calls (f, fused, f_and_g; + reverse_drift)
     # negative control: the same check rejects the forward drift sign
     with pytest.raises(AssertionError):
         torch.testing.assert_close(rs.f(us[1], y), beta * _score(y, T - 0.4) - 0.5 * _beta(T - 0.4) * y)
