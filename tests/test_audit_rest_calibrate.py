@@ -70,3 +70,6 @@ def test_calibration_start_grid_error_and_counters_on_vp_with_alpha_eps_not_one(
     k = [i for i, g in enumerate(res.path_ts) if torch.equal(g, res.ts)]
     assert k and res.error_calibrated == pytest.approx(
         S.trajectory_rmse(spec(sde, score, x_cal, res.ts).x, ref, alpha_e), rel=1e-9)
+    # a start grid with unequal log-SNR increments (EDM's) is reproduced exactly too
+    edm = S.calibrate_timesteps(sde, score, name, nfe, x_cal[:8], ref=ref[:8], max_evals=1, start="edm")
+    torch.testing.assert_close(edm.path_ts[0], timesteps(sde, n, kind="edm"), rtol=0, atol=1e-9)

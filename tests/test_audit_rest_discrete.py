@@ -83,6 +83,7 @@ def test_time_map_eps_default_and_trained_betas_at_N_50():
     tb = DiscreteVPSDE.from_betas(trained_betas=betas.numpy())
     torch.testing.assert_close(tb.alphas_cumprod, torch.cumprod(1 - betas, 0), rtol=1e-14, atol=0)
     assert tb.num_train_timesteps == 20 and tb.eps == pytest.approx(1 / 20)
+    assert DiscreteVPSDE.from_betas("linear", 30, 0.001, 0.03, eps=0.07).eps == 0.07
     lin = DiscreteVPSDE.from_betas("linear", 30, 0.001, 0.03)
     torch.testing.assert_close(lin.alphas_cumprod, torch.cumprod(1 - torch.linspace(0.001, 0.03, 30, dtype=F64), 0),
                                rtol=1e-14, atol=0)

@@ -88,14 +88,17 @@ def test_classifier_free_guidance_combination_and_labels():
     assert calls["u"] == 0
 
 
-@pytest.mark.parametrize("per_sample_t", [False, True])
+@pytest.mark.parametrize("per_sample_t", [False, True, "one"])
 def test_label_guidance_doubled_batch_null_label_and_kwarg(per_sample_t):
     """Bug class: the halves of the doubled batch swapped, the null label not used for the
     unconditional half, (B,) times not repeated for the second half, label_kwarg ignored.
     Oracle: (1 + w) m(x, t, y) - w m(x, t, null) with a model whose output depends on the label
     (null = 7 -> its own mean) and on t per sample."""
     x = torch.randn(3, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
-    t = torch.tensor([0.2, 0.5, 0.9], dtype=F64) if per_sample_t else torch.tensor(0.6, dtype=F64)
+    if per_sample_t == "one":  # a (1,) time broadcasts to the batch
+        t = torch.tensor([0.6], dtype=F64)
+    else:
+        t = torch.tensor([0.2, 0.5, 0.9], dtype=F64) if per_sample_t else torch.tensor(0.6, dtype=F64)
     table = torch.cat([MU, torch.zeros(4, 3, dtype=F64), torch.tensor([[3.0, -3.0, 1.0]], dtype=F64)])  # row 7 = null
     seen = []
 
@@ -107,7 +110,7 @@ def test_label_guidance_doubled_batch_null_label_and_kwarg(per_sample_t):
     y = torch.tensor([2, 0, 1])
     w = 0.75
     got = label_guidance(model, y, w, null_label=7, num_classes=3, label_kwarg="cls")(x, t)
-    tcol = t[:, None] if per_sample_t else t
+    tcol = t[:, None] if per_sample_t is True else t
     cond = -(x - MU[y]) * (1 + tcol)
     null = -(x - table[7]) * (1 + tcol)
     torch.testing.assert_close(got, (1 + w) * cond - w * null, rtol=1e-12, atol=1e-12)

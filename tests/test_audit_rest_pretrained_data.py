@@ -90,6 +90,8 @@ def test_timestep_model_score_discrete_timestep_at_N_not_1000():
     t = torch.tensor([0.025, 0.5, 1.0], dtype=F64)
     TimestepModelScore(net, sde, "epsilon")(x, t)
     torch.testing.assert_close(seen["ts"], 40 * t - 1, rtol=0, atol=1e-12)
+    TimestepModelScore(net, sg.VPSDE(), "epsilon", timestep=250.0)(x, t)  # continuous: c t
+    torch.testing.assert_close(seen["ts"], 250.0 * t, rtol=0, atol=1e-12)
 
 
 def test_toy_targets_closed_form_means_and_covs():

@@ -129,7 +129,10 @@ def test_check_finite_end_names_the_first_bad_evaluation_and_step_raises_at_once
 
     def score(x, t):
         calls["n"] += 1
-        return x * (float("nan") if calls["n"] >= 3 else 1.0)
+        out = x.clone()
+        if calls["n"] >= 3:
+            out[0, 1] = float("nan")  # one bad element: the record must use all(), not any()
+        return out
 
     rs = ReverseSDE(sde, score, check_finite="end")
     y = torch.ones(2, 3, dtype=F64)
