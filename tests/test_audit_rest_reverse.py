@@ -15,10 +15,10 @@ import math
 import pytest
 import torch
 
+from sdesolve_gen._checks import NonFiniteError
 from sdesolve_gen.parameterisation import ScoreModel, convert, from_score, to_score
 from sdesolve_gen.reverse import ProbabilityFlowODE, ReverseSDE, pf_velocity
 from sdesolve_gen.sde import VPSDE
-from sdesolve_gen._checks import NonFiniteError
 
 F64 = torch.float64
 B0, B1, T = 0.3, 7.0, 2.5
@@ -92,6 +92,7 @@ def test_reverse_sde_solver_times_map_and_bounds_at_T_not_one():
         rs.solver_times(torch.tensor([2.6, 1.0], dtype=F64))
     with pytest.raises(ValueError, match=r"\[0, T\]"):
         rs.solver_times(torch.tensor([1.0, -0.1], dtype=F64))
+    assert rs.sde_type == "ito" and ReverseSDE(_sde(), _score, sde_type="stratonovich").sde_type == "stratonovich"
 
 
 def test_pf_ode_velocity_half_factor_per_sample_times_data_shape_and_kwargs():
