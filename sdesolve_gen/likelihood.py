@@ -69,7 +69,8 @@ ODEs; ``log_prob`` alone and in a batch agree to 1e-12 nats in the tests).
 ``nfe`` counts batched calls; ``extra["n_evals"]``, ``extra["n_steps"]`` and
 ``extra["n_rejected"]`` are per sample ``(B,)``. ``gbs8_ps`` is the extrapolated midpoint rule of
 order 8 (17 calls per step; measured more expensive than ``dopri5_ps`` here). Not available for
-:func:`encode` / :func:`decode`; ``progress`` has no per-step bar for these methods.
+:func:`encode` / :func:`decode`; with ``progress`` the bar shows the slowest sample's progress in
+time (percent), the active samples and the batched calls.
 
 **Distributed.** :func:`log_likelihood` itself uses no collective operations; see
 :func:`dataset_log_likelihood` for a rank-sharded evaluation over a data set whose results are
@@ -346,7 +347,8 @@ def _per_sample_ratio(rtol: float, atol: float) -> Callable[[Tuple[Tensor, ...],
     return ratio
 
 
-def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs, cv=None):
+def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs, cv=None,
+                             progress=False):
     """One chunk under :func:`~sdesolve_gen.rk_batched.solve_per_sample` (own steps per sample)."""
     B = x.shape[0]
     K = 1 if probes is None else probes.shape[0]
@@ -356,7 +358,7 @@ def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, 
     with torch.no_grad():
         sol = solve_per_sample(lambda t, y, i: func(t, (y[0], y[1]), i), (x.reshape(B, -1), x.new_zeros(B, K)), eps,
                                float(sde.T), error_ratio=_per_sample_ratio(factor * rtol, factor * atol),
-                               tableau=PER_SAMPLE_METHODS[method])
+                               tableau=PER_SAMPLE_METHODS[method], progress=progress)
     zf, delta = sol.y
     z = zf.reshape(x.shape)
     out = Solution(x=(zf, delta), method=method, nfe=sol.nfe, n_steps=int(sol.n_steps.max()),
@@ -369,7 +371,8 @@ def _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, 
 def _solve_chunk(sde, score_fn, x, probes, eps, method, rtol, atol, prior, step_size, div_chunk, kwargs, control, progress,
                  cv=None):
     if method in PER_SAMPLE_METHODS:
-        return _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs, cv)
+        return _solve_chunk_independent(sde, score_fn, x, probes, eps, method, rtol, atol, prior, div_chunk, kwargs, cv,
+                                        progress)
     B = x.shape[0]
     shape = tuple(x.shape[1:])
     xf = x.reshape(B, -1)

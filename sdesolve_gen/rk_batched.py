@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -285,6 +285,7 @@ def solve_per_sample(
     dfactor: float = 0.2,
     beta: Tuple[float, float] = (0.7, 0.4),
     max_steps: int = 100_000,
+    progress: bool = False,
 ) -> PerSampleSolution:
     r"""Integrate a batch of independent ODEs from ``t0`` to ``t1``, each sample under its own control.
 
@@ -303,6 +304,9 @@ def solve_per_sample(
         beta: PI exponents :math:`(\beta_1, \beta_2)` (see the module docstring); ``(1, 0)`` is the
             classical I controller.
         max_steps: limit on step attempts per sample.
+        progress: a tqdm bar of the slowest active sample's progress
+            :math:`\min_i |t_i - t_0| / |t_1 - t_0|` in percent, with the number of active samples
+            and of batched calls (updated once per step attempt).
 
     Returns:
         :class:`PerSampleSolution`.
@@ -337,10 +341,28 @@ def solve_per_sample(
         raise ValueError(f"beta must be a tuple (beta1, beta2) with 0 <= beta2 < beta1, got {beta!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc="solve_per_sample", unit="%", leave=False)
+    try:
+        return _solve(f, y0, float(t0), float(t1), error_ratio, tableau, first_step, safety, ifactor, dfactor, beta,
+                      max_steps, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _solve(f: VectorField, y0: State, t0f: float, t1f: float, error_ratio: ErrorRatio, tableau: Tableau,
+           first_step: Optional[float], safety: float, ifactor: float, dfactor: float, beta: Tuple[float, float],
+           max_steps: int, bar: Any) -> PerSampleSolution:
+    """The loop of :func:`solve_per_sample` on validated arguments (``bar``: a tqdm bar or ``None``)."""
 
     dev = y0[0].device
     B = y0[0].shape[0]
-    t0f, t1f = float(t0), float(t1)
     span = abs(t1f - t0f)
     direction = 1.0 if t1f > t0f else -1.0
     sizes: List[int] = []
@@ -432,6 +454,10 @@ def solve_per_sample(
         else:
             k1 = tuple(v[keep] for v in k1)
         idx, t, y, h, rejected_last, r_prev = idx[keep], t[keep], tuple(v[keep] for v in y), h_next[keep], ~ok[keep], r_prev[keep]
+        if bar is not None:
+            frac = 1.0 if not idx.numel() else float(((t - t0f) * direction).min()) / span
+            bar.update(int(100 * frac) - bar.n)
+            bar.set_postfix(active=int(idx.numel()), calls=len(sizes), refresh=False)
         if not tableau.fsal and idx.numel() and bool(ok_k.any()):
             sel = ok_k.nonzero().squeeze(1)
             knew = call(t[sel], tuple(v[sel] for v in y), idx[sel])

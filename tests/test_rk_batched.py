@@ -276,3 +276,53 @@ def test_probes_and_model_kwargs_follow_their_samples():
     assert float((cond.log_prob - own).abs().max()) <= 10 * tol
     wrong = sg.log_likelihood(sde, score, x, model_kwargs={"label": label.roll(1)}, **kw)
     assert float((wrong.log_prob - own).abs().max()) > 10 * tol
+
+
+def test_progress_bar_tracks_the_slowest_sample_and_changes_nothing(monkeypatch):
+    """``progress=True``: the bar's position is the slowest active sample's fraction of the time
+    span (percent, never decreasing, 100 only when the last sample is done), its postfix the active
+    samples and the batched calls so far; the solution is bit-for-bit the one without a bar.
+    Oracle: a recording stand-in for tqdm; the stiffest sample solved alone (its steps do not depend
+    on the batch) gives its own fraction after each attempt, an upper bound on the batch's minimum
+    (a maximum over the samples, the control, exceeds it); the final postfix is the solution's own
+    call count with 0 active."""
+    import tqdm.auto
+
+    log: List[Tuple[int, dict]] = []
+    descs: List[str] = []
+
+    class Recorder:
+        def __init__(self, total=None, desc=None, **_):
+            self.total, self.n, self.closed = total, 0, False
+            descs.append(desc)
+
+        def update(self, k):
+            self.n += k
+            log.append((self.n, {}))
+
+        def set_postfix(self, refresh=True, **kw):
+            log[-1] = (log[-1][0], kw)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    with_bar = _solve(K, progress=True)
+    plain = _solve(K)
+    assert torch.equal(with_bar.y[0], plain.y[0]) and torch.equal(with_bar.n_steps, plain.n_steps)
+    pos = [n for n, _ in log]
+    assert pos == sorted(pos) and pos[-1] == 100 and all(n < 100 for n in pos[:-1])
+    assert log[-1][1] == {"active": 0, "calls": with_bar.nfe}
+    actives = [kw["active"] for _, kw in log]
+    assert actives == sorted(actives, reverse=True) and actives[0] == K.numel()
+    log.clear()
+    _solve(K[-1:], progress=True)
+    stiffest = [n for n, _ in log]
+    assert len(stiffest) == len(pos) and all(a <= b for a, b in zip(pos, stiffest))
+    with pytest.raises(TypeError, match="progress"):
+        _solve(K, progress=1)
+    # log_likelihood passes progress on to the independent-step solve
+    descs.clear()
+    sg.log_likelihood(sg.VPSDE(), lambda x, t: -x, torch.zeros(2, 2, dtype=torch.float64), method="dopri5_ps",
+                      divergence="exact", progress=True)
+    assert "solve_per_sample" in descs
