@@ -675,7 +675,8 @@ def dataset_log_likelihood(
         distributed: shard over ranks (default: if ``torch.distributed`` is initialised).
         **kwargs: passed to :func:`log_likelihood` (``divergence``, ``n_probes``, ``rtol``, ...;
             ``model_kwargs`` tensors are not sliced per batch here: pass per-sample conditioning
-            through the loader instead).
+            through the loader instead). With ``progress=True`` there is also a bar over this
+            rank's batches showing the running mean bits/dim of the batches solved so far.
 
     Returns:
         :class:`DatasetLikelihood`.
@@ -693,14 +694,31 @@ def dataset_log_likelihood(
     t0 = _time.perf_counter()
     mine: List[Tuple[int, Dict[str, Any]]] = []
     shape: Optional[Tuple[int, ...]] = None
-    for k, xb in enumerate(_batches(data, batch_size)):
-        shape = tuple(xb.shape[1:])
-        if k % world != rank:
-            continue
-        res = log_likelihood(sde, score_fn, xb, generator=torch.Generator().manual_seed(seed + k), **kwargs)
-        mine.append((k, {"log_prob": res.log_prob.cpu(), "stderr": res.stderr.cpu(), "nfe": res.nfe,
-                         "err": None if res.error_estimate is None else res.error_estimate.cpu(),
-                         "signed": None if res.error_estimate is None else res.extra.get("signed_error")}))
+    batches: Iterable[Tensor] = _batches(data, batch_size)
+    bar = None
+    if kwargs.get("progress", False):  # a bar over this rank's batches, with the running mean bits/dim
+        from tqdm.auto import tqdm
+
+        n_all = math.ceil(data.shape[0] / batch_size) if isinstance(data, torch.Tensor) else (len(data) if hasattr(data, "__len__") else None)
+        bar = tqdm(desc=f"dataset_log_likelihood[rank {rank}]", unit="batch", leave=False,
+                   total=None if n_all is None else len(range(rank, n_all, world)))
+    try:
+        for k, xb in enumerate(batches):
+            shape = tuple(xb.shape[1:])
+            if k % world != rank:
+                continue
+            res = log_likelihood(sde, score_fn, xb, generator=torch.Generator().manual_seed(seed + k), **kwargs)
+            mine.append((k, {"log_prob": res.log_prob.cpu(), "stderr": res.stderr.cpu(), "nfe": res.nfe,
+                             "err": None if res.error_estimate is None else res.error_estimate.cpu(),
+                             "signed": None if res.error_estimate is None else res.extra.get("signed_error")}))
+            if bar is not None:
+                so_far = torch.cat([b["log_prob"] for _, b in mine])
+                bar.set_postfix(bpd=f"{float(_bits_per_dim(so_far, shape, data_range=data_range, n_bins=n_bins).mean()):.4f}",
+                                refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     if shape is None:
         raise ValueError("data holds no samples")
     allb = gather_in_order(mine, world, use_dist)
