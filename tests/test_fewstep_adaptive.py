@@ -21,6 +21,25 @@ def _lam(sde, t):
     return float(sde.log_alpha(t) - 0.5 * torch.log(sde.sigma2(t)))
 
 
+def _coef(sde):
+    """lambda -> (t, alpha_t, sigma_t) written from the definitions (t clamped into [eps, T])."""
+
+    def coef(lam):
+        t = sde.t_of_lambda(torch.tensor([lam], dtype=F64)).clamp(sde.eps, sde.T)
+        return t, math.exp(float(sde.log_alpha(t))), math.sqrt(float(sde.sigma2(t)))
+
+    return coef
+
+
+def _x0(score):
+    """Tweedie's data prediction (x + sigma^2 s(x, t)) / alpha."""
+
+    def x0(x, t, a, s):
+        return (x + s * s * score(x, t.expand(x.shape[0]))) / a
+
+    return x0
+
+
 def test_pece_reproduces_a_hand_written_recursion_on_its_own_nonuniform_grid():
     """Replay the accepted log-SNR grid the solver chose (non-uniform) with an independent
     recursion written from the formulas: 2M predictor (variable step), one evaluation, quadratic
@@ -35,12 +54,7 @@ def test_pece_reproduces_a_hand_written_recursion_on_its_own_nonuniform_grid():
     hs = [b - a for a, b in zip(lams, lams[1:])]
     assert max(hs) / min(hs) > 1.5  # genuinely non-uniform
 
-    def coef(lam):
-        t = sde.t_of_lambda(torch.tensor([lam], dtype=F64)).clamp(sde.eps, sde.T)
-        return t, math.exp(float(sde.log_alpha(t))), math.sqrt(float(sde.sigma2(t)))
-
-    def x0(x, t, a, s):
-        return (x + s * s * score(x, t.expand(x.shape[0]))) / a
+    coef, x0 = _coef(sde), _x0(score)
 
     def replay(quad):
         t0, a0, s0 = coef(lams[0])
@@ -90,12 +104,7 @@ def test_pece_controller_matches_a_hand_written_loop_on_vp():
     x_T = data.prior(sde).sample(32, generator=torch.Generator().manual_seed(9), dtype=F64)
     rtol, atol, theta, fmax, h0 = 0.01, 0.04, 0.7, 1.7, 2.5
 
-    def coef(lam):
-        t = sde.t_of_lambda(torch.tensor([lam], dtype=F64)).clamp(sde.eps, sde.T)
-        return t, math.exp(float(sde.log_alpha(t))), math.sqrt(float(sde.sigma2(t)))
-
-    def x0(x, t, a, s):
-        return (x + s * s * score(x, t.expand(x.shape[0]))) / a
+    coef, x0 = _coef(sde), _x0(score)
 
     def hand(alpha_scaled_atol):
         tT, tE = torch.tensor([sde.T], dtype=F64), torch.tensor([sde.eps], dtype=F64)
