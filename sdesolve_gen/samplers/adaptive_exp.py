@@ -16,7 +16,7 @@ with step :math:`h`, :math:`m_0 = \hat x_0(x, t)`, :math:`\varphi_1 = e^{-h} - 1
 
 Error control is **per sample**: with :math:`\delta = x^{high} - x^{low}` and the elementwise scale
 :math:`c = \alpha_s\,\mathrm{atol} + \mathrm{rtol}\max(|x^{high}|, |x|)` (``atol`` in data units,
-see :func:`_error_ratio`), each sample's error is its RMS
+see ``_error_ratio``), each sample's error is its RMS
 :math:`e_b = (\mathrm{mean}_d (\delta/c)^2)^{1/2}` and the step's error is :math:`E = \max_b e_b`, so
 no sample's error is averaged away by the batch. The step is accepted if :math:`E \le 1`
 (the high-order solution is kept, local extrapolation) and the next step is

@@ -179,10 +179,11 @@ def dpm_solver_pp_2s(
 # ------------------------------------------------------------------------------------------ UniPC
 
 
-def unipc_coefficients(h: float, rks: Sequence[float], p: int, variant: str) -> Tuple[float, float, np.ndarray, np.ndarray]:
-    r"""UniPC's coefficients for a data-prediction step of size :math:`h` and order ``p``.
+def unipc_coefficients(h: float, rks: Sequence[float], p: int, variant: str, prediction: str = "data") -> Tuple[float, float, np.ndarray, np.ndarray]:
+    r"""UniPC's coefficients for a step of size :math:`h` and order ``p``.
 
-    With :math:`\hbar = -h` (data prediction), :math:`\varphi_1 = e^{\hbar} - 1`,
+    With :math:`\hbar = -h` for the data prediction and :math:`\hbar = h` for the noise
+    prediction (``prediction="noise"``), :math:`\varphi_1 = e^{\hbar} - 1`,
     :math:`\psi_1 = \varphi_1/\hbar - 1` and :math:`\psi_{k+1} = \psi_k/\hbar - 1/(k+1)!`, the
     order conditions are :math:`R\rho = b` with :math:`R_{kj} = r_j^{k-1}` (``rks`` the relative
     log-SNR offsets :math:`r_j = (\lambda_{i-j} - \lambda_i)/h` of earlier points, and 1 for the new
@@ -193,13 +194,14 @@ def unipc_coefficients(h: float, rks: Sequence[float], p: int, variant: str) -> 
         rks: the ``p - 1`` offsets of earlier points (negative numbers).
         p: order (1..3).
         variant: ``"bh1"`` or ``"bh2"``.
+        prediction: ``"data"`` or ``"noise"`` (the sign of :math:`\hbar`).
 
     Returns:
         ``(phi1, B_h, rho_p, rho_c)``: predictor weights (length ``p - 1``; the order-2 predictor uses
         :math:`\rho = 1/2` as in the paper's implementation) and corrector weights (length ``p``,
         the last for the new point; order 1 uses :math:`1/2`).
     """
-    hh = -h
+    hh = -h if prediction == "data" else h
     phi1 = math.expm1(hh)
     B_h = hh if variant == "bh1" else phi1
     r = np.array(list(rks) + [1.0], dtype=np.float64)
@@ -224,10 +226,10 @@ def unipc(
     denoise: bool = False, progress: bool = False, model_kwargs: Optional[Mapping[str, Any]] = None,
     callback: Optional[Callback] = None, differentiable: bool = False, check_finite: str = "end",
     order: int = 2, variant: str = "bh2", predictor: str = "unip", corrector: bool = True,
-    lower_order_final: bool = True,
+    lower_order_final: bool = True, prediction: str = "data",
 ) -> Solution:
-    r"""UniPC (Zhao et al. 2023) on the data prediction: predictor UniP-p (or DPM-Solver++(pM)),
-    corrector UniC-p; one evaluation per step.
+    r"""UniPC (Zhao et al. 2023) on the data prediction (default) or the noise prediction:
+    predictor UniP-p (or DPM-Solver++(pM)), corrector UniC-p; one evaluation per step.
 
     Step :math:`i`: evaluate :math:`m_i = \hat x_0(\tilde x_i, t_i)` at the *predicted* state
     :math:`\tilde x_i`; if ``corrector`` and :math:`i > 0`, replace the state by the UniC correction of
@@ -246,14 +248,24 @@ def unipc(
     corrector is free; the last step is not corrected. UniC raises the order by one:
     UniPC-p with the corrector is of order ``p + 1``.
 
+    With ``prediction="noise"`` the same recursions run on :math:`\hat\epsilon = -\sigma s(x, t)` with
+    :math:`\hbar = h` in :func:`unipc_coefficients`, and :math:`\sigma_{i+1}/\sigma_i`,
+    :math:`\alpha_{i+1}` swapped for :math:`\alpha_{i+1}/\alpha_i`, :math:`\sigma_{i+1}` (the paper's
+    noise-prediction form; diffusers' ``predict_x0=False``).
+
     Args:
         order: 1..3 (predictor order; warm-up and ``lower_order_final`` as in the module docstring).
         variant: ``"bh1"`` (:math:`B(h) = h`) or ``"bh2"`` (:math:`B(h) = e^h - 1`).
         predictor: ``"unip"`` or ``"dpmpp"`` (DPM-Solver++(pM) followed by UniC).
         corrector: apply UniC (default ``True``); ``False`` gives UniP alone.
         lower_order_final: order ``min(p, n - i)`` on the last steps (default ``True``, as diffusers).
+        prediction: ``"data"`` (default) or ``"noise"`` (not with ``predictor="dpmpp"``).
     """
     _check_order(order, 3)
+    if prediction not in ("data", "noise"):
+        raise ValueError(f"prediction must be 'data' or 'noise', got {prediction!r}")
+    if prediction == "noise" and predictor == "dpmpp":
+        raise ValueError("prediction='noise' needs predictor='unip' (DPM-Solver++ is a data-prediction method)")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     if predictor not in ("unip", "dpmpp"):
@@ -264,18 +276,23 @@ def unipc(
     x = run.x_T
     ms: List[Tensor] = []
     last: Optional[Tuple[Tensor, int, int]] = None  # (state at the start, order, index) of the previous step
+    data = prediction == "data"
+    # x_{j+1} = keep(j) x_j - mult(j) [phi1 m_j + B(h) (...)]: data (sigma ratio, alpha) or noise (alpha ratio, sigma)
+    keep = [(run.sigma[j + 1] / run.sigma[j]) if data else (run.alpha[j + 1] / run.alpha[j]) for j in range(n)]
+    mult = [run.alpha[j + 1] if data else run.sigma[j + 1] for j in range(n)]
     for i in run.steps(progress):
-        m = tweedie_x0(x, run.score(x, i), run.alpha[i], run.sigma[i])
+        x_eval, s_i = x, run.score(x, i)
+        m = tweedie_x0(x, s_i, run.alpha[i], run.sigma[i]) if data else -run.sigma[i] * s_i
         if corrector and last is not None:
             x_prev, p, j = last
             h = lam[j + 1] - lam[j]
             rks = [(lam[j - k] - lam[j]) / h for k in range(1, p)]
-            phi1, B_h, _, rho_c = unipc_coefficients(h, rks, p, variant)
+            phi1, B_h, _, rho_c = unipc_coefficients(h, rks, p, variant, prediction)
             m0 = ms[-1]
             corr = float(rho_c[-1]) * (m - m0)
             for k in range(1, p):
                 corr = corr + float(rho_c[k - 1]) * ((ms[-1 - k] - m0) / rks[k - 1])
-            x = (run.sigma[j + 1] / run.sigma[j]) * x_prev - run.alpha[j + 1] * phi1 * m0 - run.alpha[j + 1] * B_h * corr
+            x = keep[j] * x_prev - mult[j] * phi1 * m0 - mult[j] * B_h * corr
         ms = (ms + [m])[-order:]
         p = _this_order(order, i, n, lower_order_final)
         if predictor == "dpmpp":
@@ -283,15 +300,15 @@ def unipc(
         else:
             h = lam[i + 1] - lam[i]
             rks = [(lam[i - k] - lam[i]) / h for k in range(1, p)]
-            phi1, B_h, rho_p, _ = unipc_coefficients(h, rks, p, variant)
-            x_new = (run.sigma[i + 1] / run.sigma[i]) * x - run.alpha[i + 1] * phi1 * m
+            phi1, B_h, rho_p, _ = unipc_coefficients(h, rks, p, variant, prediction)
+            x_new = keep[i] * x - mult[i] * phi1 * m
             if p > 1:
                 pred = sum(float(rho_p[k - 1]) * ((ms[-1 - k] - m) / rks[k - 1]) for k in range(1, p))
-                x_new = x_new - run.alpha[i + 1] * B_h * pred
+                x_new = x_new - mult[i] * B_h * pred
         last = (x, p, i)
         x = x_new
-        run.done(i, x, m)
-    return run.finish(x, order=order, variant=variant, predictor=predictor, corrector=corrector)
+        run.done(i, x, m if data or run.callback is None else tweedie_x0(x_eval, s_i, run.alpha[i], run.sigma[i]))
+    return run.finish(x, order=order, variant=variant, predictor=predictor, corrector=corrector, prediction=prediction)
 
 
 # ------------------------------------------------------------------------------------------- DEIS
