@@ -695,7 +695,7 @@ def dataset_log_likelihood(
     mine: List[Tuple[int, Dict[str, Any]]] = []
     shape: Optional[Tuple[int, ...]] = None
     batches: Iterable[Tensor] = _batches(data, batch_size)
-    bar = None
+    bar, bpd_sum, bpd_n = None, 0.0, 0
     if kwargs.get("progress", False):  # a bar over this rank's batches, with the running mean bits/dim
         from tqdm.auto import tqdm
 
@@ -711,10 +711,10 @@ def dataset_log_likelihood(
             mine.append((k, {"log_prob": res.log_prob.cpu(), "stderr": res.stderr.cpu(), "nfe": res.nfe,
                              "err": None if res.error_estimate is None else res.error_estimate.cpu(),
                              "signed": None if res.error_estimate is None else res.extra.get("signed_error")}))
-            if bar is not None:
-                so_far = torch.cat([b["log_prob"] for _, b in mine])
-                bar.set_postfix(bpd=f"{float(_bits_per_dim(so_far, shape, data_range=data_range, n_bins=n_bins).mean()):.4f}",
-                                refresh=False)
+            if bar is not None:  # running mean from running sums (no re-concatenation per batch)
+                bpd_sum += float(_bits_per_dim(res.log_prob, shape, data_range=data_range, n_bins=n_bins).sum())
+                bpd_n += res.log_prob.numel()
+                bar.set_postfix(bpd=f"{bpd_sum / bpd_n:.4f}", refresh=False)
                 bar.update(1)
     finally:
         if bar is not None:
