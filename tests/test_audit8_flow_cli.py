@@ -60,6 +60,9 @@ def test_train_config_weights_and_printed_summary(ckpt):
     for k, v in tr.model.state_dict().items():
         assert torch.equal(st["model"][k], v), k
     assert st["history"].tolist() == tr.history
+    for k, v in tr.ema.state_dict().items():  # --ema-decay reaches the trainer's EMA
+        assert torch.equal(st["ema"][k], v), k
+    assert st["ema_decay"] == 0.9
     n_par = sum(p.numel() for p in tr.model.parameters())
     m = re.search(r"trained two_moons \(ve SDE, eps-parameterised, (\d+) parameters\) to step 6 in [\d.]+ s; "
                   r"mean loss of the last (\d+) steps ([-\d.]+)", out)
