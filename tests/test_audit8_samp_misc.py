@@ -230,7 +230,7 @@ def test_ode_hands_rtol_atol_and_method_to_torchdiffeq_and_reports_them():
                                S.ode(sde, score, _x_T(), ts2, rtol=1e-6, atol=1e-6).x, rtol=0, atol=0)
     # rk4 steps on the grid: 4 evaluations per step, and the hand RK4 on the PF-ODE
     sol = S.ode(sde, score, _x_T(), ts7, method="rk4")
-    assert sol.nfe == 4 * 7 and sol.method == "ode[rk4]" and sol.n_steps == 7
+    assert sol.nfe == 4 * 7 and sol.method == "ode[rk4]" and sol.n_steps == 7 and sol.extra["solver"] == "rk4"
 
     def f(t, x):
         tt = torch.tensor(t, dtype=F64)
@@ -380,3 +380,27 @@ def test_calibration_reported_errors_and_costs_are_recomputable():
     assert res2.nfe_total == res2.nfe_reference + res2.nfe_search and res2.error_start_val is None
     assert res2.error_start == pytest.approx(err(timesteps(sde, 5, kind="logsnr"), xc,
                                                  S.ode(sde, score, xc, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x), rel=1e-9)
+
+
+def test_validated_calibration_reports_the_point_it_returns_when_that_is_not_the_last():
+    """Bug class: the returned grid / its reported validation error taken from the last Powell
+    point instead of the validation-best one. A 2-sample calibration batch overfits, so on this
+    seeded problem the validation-best point of the path is an interior one (asserted first)."""
+    pytest.importorskip("scipy")
+    sde = sg.VPSDE(beta_min=0.1, beta_max=15.0, T=1.2, eps=0.02)
+    data = sg.analytic.Gaussian(torch.tensor([0.8, -0.4, 1.1], dtype=F64), torch.diag(torch.tensor([0.3, 0.9, 0.5], dtype=F64)))
+    score = data.score_fn(sde)
+    reg = Registry([SamplerSpec("my3m", S.dpm_solver_pp_3m, stochastic=False, order=2, nfe_per_step=1, grid="logsnr")])
+    xc = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    xv = torch.randn(16, 3, generator=torch.Generator().manual_seed(101), dtype=F64)
+    res = S.calibrate_timesteps(sde, score, "my3m", 4, xc, x_T_val=xv, max_evals=150, registry=reg, start=("uniform", "edm"))
+    vals = [p[2] for p in res.path]
+    i = min(range(len(vals)), key=lambda k: (vals[k], k))
+    assert 0 < i < len(vals) - 1 and vals[-1] > vals[i]  # precondition: an interior optimum
+    assert res.error_calibrated_val == vals[i] and res.error_calibrated == res.path[i][1]
+    assert torch.equal(res.ts, res.path_ts[i])
+    refv = S.ode(sde, score, xv, timesteps(sde, 1), rtol=1e-9, atol=1e-9).x
+    alpha_e = math.exp(-0.5 * (0.1 * 0.02 + 0.5 * 14.9 * 0.02 ** 2))
+    out = S.dpm_solver_pp_3m(sde, score, xv, res.ts).x
+    assert res.error_calibrated_val == pytest.approx(float((((out - refv) / alpha_e) ** 2).mean(1).sqrt().mean()), rel=1e-9)
+    assert res.error_start_val == vals[0] and res.error_calibrated_val < res.error_start_val

@@ -226,3 +226,56 @@ def test_check_finite_modes_are_honoured(name):
         pytest.fail("check_finite='off' raised")
     except (RuntimeError, ValueError):
         pass  # an adaptive controller may give up on NaN errors: not the finiteness check
+
+
+def _tweedie(sde, raw, x, t):
+    t = torch.as_tensor(t, dtype=F64)
+    a, s2 = math.exp(float(sde.log_alpha(t))), float(sde.sigma2(t))
+    return (x + s2 * raw(x, t)) / a
+
+
+@pytest.mark.parametrize("kw", [{"prediction": "noise", "order": 3}, {"prediction": "noise", "order": 2, "variant": "bh1"}])
+def test_unipc_noise_prediction_callback_reports_tweedie_at_the_evaluated_state(kw):
+    """Bug class: the noise-prediction form reporting eps (or Tweedie at the wrong sigma) as
+    ``denoised``. Oracle: Tweedie at the state the step evaluated (x_T, then each reported x)."""
+    sde = _sde()
+    raw = _raw_score(sde)
+    ts = _grid(sde, "unipc_bh2_3", n=5)
+    seen = []
+    S.unipc(sde, raw, _x_T(), ts, callback=lambda d: seen.append({**d, "x": d["x"].clone()}), **kw)
+    x_prev = _x_T()
+    for d in seen:
+        i = d["i"]
+        torch.testing.assert_close(d["denoised"], _tweedie(sde, raw, x_prev, float(ts[i])), rtol=1e-10, atol=1e-10)
+        x_prev = d["x"]
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_adaptive_callbacks_report_accepted_steps_with_the_time_reached(order):
+    """Bug class: adaptive samplers' callback ``i`` / ``t`` / ``denoised`` wrong. Oracles: one
+    report per accepted step, strictly decreasing times ending at eps, the extra log-SNR grid's
+    times, and (DPM-Solver-12/23) denoised = Tweedie at the state that started the step."""
+    sde = _sde()
+    raw = _raw_score(sde)
+    ts = S.SAMPLERS["dpm_solver_adaptive"].timesteps(sde, 1)
+    seen = []
+    sol = S.dpm_solver_adaptive(sde, raw, _x_T(), ts, order=order, rtol=0.01, atol=0.01,
+                                callback=lambda d: seen.append({**d, "x": d["x"].clone()}))
+    assert [d["i"] for d in seen] == list(range(sol.n_steps))
+    lam = [float(sde.half_log_snr(torch.as_tensor(d["t"], dtype=F64).cpu())) for d in seen]
+    torch.testing.assert_close(torch.tensor(lam, dtype=F64), torch.tensor(sol.extra["lambdas"][1:], dtype=F64),
+                               rtol=1e-9, atol=1e-9)
+    assert float(seen[-1]["t"]) == float(ts[-1])
+    torch.testing.assert_close(seen[-1]["x"], sol.x, rtol=0, atol=0)
+    x_prev, t_prev = _x_T(), float(ts[0])
+    for d in seen:
+        torch.testing.assert_close(d["denoised"], _tweedie(sde, raw, x_prev, t_prev), rtol=1e-9, atol=1e-9)
+        x_prev, t_prev = d["x"], float(d["t"])
+    seen2 = []
+    sol2 = S.adaptive_sde(sde, raw, _x_T(), ts, generator=torch.Generator().manual_seed(0), rtol=0.05, atol=0.05,
+                          callback=lambda d: seen2.append((d["i"], float(d["t"]))))
+    assert [i for i, _ in seen2] == list(range(sol2.n_steps))
+    assert all(a > b for (_, a), (_, b) in zip(seen2, seen2[1:])) and seen2[-1][1] == pytest.approx(float(ts[-1]), abs=1e-12)
+    seen3 = []
+    sol3 = S.dpm_solver_adaptive_multistep(sde, raw, _x_T(), ts, callback=lambda d: seen3.append(d["i"]))
+    assert seen3 == list(range(sol3.n_steps))
