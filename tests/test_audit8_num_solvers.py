@@ -202,10 +202,10 @@ def test_odeint_pf_ode_matches_exact_flow(sde):
     ode = ProbabilityFlowODE(sde, g.score_fn(sde))
     xT = torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.1, -2.0]], dtype=f64) * float(sde.sigma(sde.T))
     ts = torch.tensor([sde.T, 0.5 * sde.T, sde.eps * 10], dtype=f64)
-    sol = odeint(ode, xT, ts, rtol=1e-10, atol=1e-10)
+    sol = odeint(ode, xT, ts, rtol=1e-10, atol=1e-11)
     for k in (1, 2):
         assert torch.allclose(sol.ys[k], _flow_exact(sde, xT, ts[0], ts[k]), rtol=1e-7, atol=1e-7)
-    assert sol.nfe == ode.nfe and sol.n_steps > 0 and sol.extra["rtol"] == 1e-10 and sol.extra["atol"] == 1e-10
+    assert sol.nfe == ode.nfe and sol.n_steps > 0 and sol.extra["rtol"] == 1e-10 and sol.extra["atol"] == 1e-11
     loose = odeint(ProbabilityFlowODE(sde, g.score_fn(sde)), xT, ts, rtol=1e-3, atol=1e-3)
     assert loose.nfe < sol.nfe
     dflt = odeint(ProbabilityFlowODE(sde, g.score_fn(sde)), xT, ts)
@@ -289,12 +289,12 @@ def test_check_finite_modes():
     sde = VPSDE()
 
     def bad(x, t):
-        return torch.full_like(x, float("nan")) if float(t) < 0.5 else torch.zeros_like(x)
+        return torch.full_like(x, float("nan")) if float(t) < 0.8 else torch.zeros_like(x)
 
     x = torch.zeros(1, 2, dtype=f64)
     ts = torch.tensor([1.0, 0.7, 0.3, 0.1], dtype=f64)
-    with pytest.raises(NonFiniteError, match="t=0.3"):
-        sdeint(ReverseSDE(sde, bad), x, ts, seed=0)  # "end" (default): first bad evaluation at t=0.3
+    with pytest.raises(NonFiniteError, match="t=0.7"):
+        sdeint(ReverseSDE(sde, bad), x, ts, seed=0)  # "end" (default): the first of two bad evaluations, t=0.7
     rs = ReverseSDE(sde, bad, check_finite="step")
     with pytest.raises(NonFiniteError):
         rs.f(torch.tensor(0.6, dtype=f64), x)
@@ -374,7 +374,7 @@ def test_solve_per_sample_first_step_and_controller_defaults():
     base = solve_per_sample(f, y0, 0.0, 3.0, **kw)
     explicit = solve_per_sample(f, y0, 0.0, 3.0, safety=0.9, ifactor=10.0, dfactor=0.2, beta=(0.7, 0.4), max_steps=100_000, **kw)
     assert torch.equal(base.y[0], explicit.y[0]) and torch.equal(base.n_steps, explicit.n_steps)
-    for change in (dict(safety=0.5), dict(beta=(1.0, 0.0)), dict(ifactor=1.5), dict(first_step=1e-4)):
+    for change in (dict(safety=0.5), dict(beta=(1.0, 0.0)), dict(beta=(0.7, 0.0)), dict(ifactor=1.5), dict(first_step=1e-4)):
         other = solve_per_sample(f, y0, 0.0, 3.0, **change, **kw)
         assert not (torch.equal(other.n_steps, base.n_steps) and torch.equal(other.n_rejected, base.n_rejected)
                     and other.nfe == base.nfe), change
