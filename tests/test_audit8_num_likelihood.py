@@ -222,7 +222,9 @@ def test_log_likelihood_bound_tight_with_true_posterior_decoder():
 
 def test_dataset_log_likelihood_batches_seeds_and_stats():
     sde = VPSDE(beta_min=0.2, beta_max=5.0, T=1.0)
-    g = _iso(3)
+    # a non-diagonal covariance: Rademacher probes then have non-zero variance (isotropic data would make
+    # every probe give the exact trace, hiding which probes were drawn)
+    g = Gaussian(torch.zeros(3, dtype=f64), torch.tensor([[0.5, 0.3, 0.0], [0.3, 0.4, -0.2], [0.0, -0.2, 0.6]], dtype=f64))
     data = torch.cat([X4, X4[:3] * 0.5])  # N = 7
     kw = dict(divergence="hutchinson", n_probes=2, rtol=1e-6, atol=1e-6, eps=0.02)
     out = dataset_log_likelihood(sde, g.score_fn(sde), data, batch_size=3, seed=5, data_range=(-3.0, 3.0), n_bins=64, **kw)
@@ -237,6 +239,9 @@ def test_dataset_log_likelihood_batches_seeds_and_stats():
     assert out.data_stderr == pytest.approx(float(bpd.std()) / math.sqrt(7), rel=1e-9)
     assert out.probe_stderr == pytest.approx(float(se.pow(2).sum().sqrt()) / 7 / (3 * math.log(2)), rel=1e-9)
     assert out.nfe == sum(p.nfe for p in parts) and out.world_size == 1 and out.solver_error is None
+    assert out.probe_stderr > 0
+    same = log_likelihood(sde, g.score_fn(sde), data[3:6], generator=torch.Generator().manual_seed(5), **kw)
+    assert not torch.allclose(same.log_prob, out.log_prob[3:6], atol=1e-9)  # batch 1 used seed 6, not 5
     cont = dataset_log_likelihood(sde, g.score_fn(sde), data, batch_size=3, seed=5, **kw)
     assert torch.allclose(cont.bits_per_dim, bits_per_dim(lp, (3,)))
     est = dataset_log_likelihood(sde, g.score_fn(sde), data[:4], batch_size=4, seed=5, error_estimate=True, **kw)
