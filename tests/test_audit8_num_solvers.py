@@ -386,3 +386,20 @@ def test_solve_per_sample_first_step_and_controller_defaults():
         solve_per_sample(f, y0, 0.0, 3.0, max_steps=3, **kw)
     ex = y0[0] * torch.exp(lam[:, None] * math.sin(9.0) / 3)
     assert torch.allclose(base.y[0], ex, rtol=1e-5)
+
+
+def test_solve_per_sample_safety_acts_on_accepted_steps():
+    # no rejection at all here, so only the PI factor (safety * r^e1 * r_prev^e2) sets the steps
+    lam = torch.tensor([-1.0, -2.0], dtype=f64)
+    y0 = (torch.ones(2, 1, dtype=f64),)
+
+    def f(t, y, idx):
+        return (lam[idx, None] * y[0],)
+
+    runs = {s: solve_per_sample(f, y0, 0.0, 3.0, error_ratio=rms_error_ratio(1e-6, 1e-6), first_step=1e-3, safety=s)
+            for s in (0.9, 0.5)}
+    for r in runs.values():
+        assert r.n_rejected.tolist() == [0, 0]
+        assert torch.allclose(r.y[0], torch.exp(3 * lam)[:, None], rtol=1e-5)
+    # a smaller safety factor shrinks every accepted step: clearly more steps
+    assert bool((runs[0.5].n_steps > 2 * runs[0.9].n_steps).all())
