@@ -403,3 +403,17 @@ def test_solve_per_sample_safety_acts_on_accepted_steps():
         assert torch.allclose(r.y[0], torch.exp(3 * lam)[:, None], rtol=1e-5)
     # a smaller safety factor shrinks every accepted step: clearly more steps
     assert bool((runs[0.5].n_steps > 2 * runs[0.9].n_steps).all())
+
+
+def test_rms_error_ratio_hand_value():
+    err = (torch.tensor([[1e-3, -2e-3, 3e-3], [0.0, 1e-3, 0.0]], dtype=f64), torch.tensor([[4e-3], [1e-3]], dtype=f64))
+    y0 = (torch.tensor([[1.0, -2.0, 0.5], [0.1, 0.2, 0.3]], dtype=f64), torch.tensor([[2.0], [-1.0]], dtype=f64))
+    y1 = (torch.tensor([[1.5, -1.0, 0.5], [0.0, 0.4, 0.3]], dtype=f64), torch.tensor([[1.0], [-3.0]], dtype=f64))
+    rtol, atol = 1e-2, 1e-3
+    r = rms_error_ratio(rtol, atol)(err, y0, y1)
+    for b in range(2):
+        comps = []
+        for e, a, c in zip(err, y0, y1):
+            sc = atol + rtol * torch.maximum(a[b].abs(), c[b].abs())
+            comps.append(math.sqrt(float(((e[b] / sc) ** 2).mean())))
+        assert float(r[b]) == pytest.approx(max(comps), rel=1e-12)
