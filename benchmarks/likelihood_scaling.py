@@ -2,7 +2,8 @@ r"""Exact-divergence cost per evaluation vs dimension D (64 .. 3072), and the cr
 
 Score: a 2-layer MLP ``D -> 256 -> D`` (tanh), batch B = 8, float32, one thread. For each D:
 one score evaluation, one vector-Jacobian product (forward + one backward), the exact trace with
-:class:`sdesolve_gen.divergence.DivergenceEngine` (torch.func path, default chunk), the exact
+:class:`sdesolve_gen.divergence.DivergenceEngine` (torch.func path, default chunk), the same with
+the previous default chunk (the working-set bound alone, without ``MIN_CHUNK_ROWS``), the exact
 trace of the previous implementation (all D basis vectors in one ``is_grads_batched`` pass, as
 on main before this change; skipped above 1024 where its D x B x D working set is the problem)
 and Hutchinson with K = 1 and K = 32 Rademacher probes.
@@ -26,7 +27,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from sdesolve_gen.divergence import DivergenceEngine
+from sdesolve_gen.divergence import CHUNK_ELEMENTS, DivergenceEngine, default_chunk
 
 
 def _time(fn, repeats: int) -> float:
@@ -83,26 +84,38 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
                  exact=_time(lambda: eng(f, x), repeats),
                  hutch1=_time(lambda: eng(f, x, p1), repeats),
                  hutch32=_time(lambda: eng(f, x, p32), repeats))
+        r["chunk"] = default_chunk(B, D)
+        # the default before MIN_CHUNK_ROWS: the working-set bound alone (chunk * B * D <= CHUNK_ELEMENTS)
+        r["chunk_elements_rule"] = max(1, min(D, CHUNK_ELEMENTS // (B * D)))
+        eng_el = DivergenceEngine(chunk=r["chunk_elements_rule"])
+        eng_el(f, x)
+        r["exact_elements_rule"] = _time(lambda: eng_el(f, x), repeats)
         eng1 = DivergenceEngine(chunk=1)  # one basis vector per backward pass: D separate VJPs
         eng1(f, x)
         r["exact_chunk1"] = _time(lambda: eng1(f, x), max(1, repeats - 1))
         r["exact_old"] = _time(lambda: _old_exact(f, x), max(1, repeats - 1)) if D <= 1024 else None
         r["exact_over_D_vjp"] = r["exact"] / (D * r["one_vjp"])
         r["exact_per_vjp"] = r["exact"] / r["one_vjp"]
+        r["elements_rule_over_default"] = r["exact_elements_rule"] / r["exact"]
         rows.append(r)
-        log(f"  D={D:5d} exact {r['exact'] * 1e3:8.2f} ms  chunk 1 {r['exact_chunk1'] * 1e3:8.2f} ms  "
+        log(f"  D={D:5d} exact {r['exact'] * 1e3:8.2f} ms (chunk {r['chunk']}; element rule alone, chunk "
+            f"{r['chunk_elements_rule']}: {r['exact_elements_rule'] * 1e3:8.2f} ms)  chunk 1 {r['exact_chunk1'] * 1e3:8.2f} ms  "
             f"exact/(D vjp) {r['exact_over_D_vjp']:5.2f}  one vjp {r['one_vjp'] * 1e3:6.3f} ms  "
             f"hutch32 {r['hutch32'] * 1e3:7.2f} ms  old {r['exact_old'] * 1e3 if r['exact_old'] else float('nan'):8.2f} ms")
     ds = [r["D"] for r in rows]
     summary = {
         "exponent_exact": _fit(ds, [r["exact"] for r in rows]),
         "exponent_exact_per_vjp": _fit(ds, [r["exact_per_vjp"] for r in rows]),
+        "exponent_exact_elements_rule": _fit(ds, [r["exact_elements_rule"] for r in rows]),
+        "exponent_exact_elements_rule_per_vjp": _fit(ds, [r["exact_elements_rule"] / r["one_vjp"] for r in rows]),
         "exponent_one_vjp": _fit(ds, [r["one_vjp"] for r in rows]),
         "exponent_exact_old": _fit([r["D"] for r in rows if r["exact_old"]], [r["exact_old"] for r in rows if r["exact_old"]]),
     }
     # linearity of the per-VJP cost: max / min of exact / (D * one_vjp) over D (1.0 = perfectly linear)
     per = [r["exact"] / (r["D"] * r["one_vjp"]) for r in rows]
     summary["linearity_spread"] = max(per) / min(per)
+    per_el = [r["exact_elements_rule"] / (r["D"] * r["one_vjp"]) for r in rows]
+    summary["linearity_spread_elements_rule"] = max(per_el) / min(per_el)
     cross = [r["D"] for r in rows if r["exact"] >= r["hutch32"]]
     summary["crossover_D_vs_hutch32"] = cross[0] if cross else None
     os.makedirs(out, exist_ok=True)
@@ -114,6 +127,8 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
 
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
         ax.loglog(ds, [r["exact"] for r in rows], "o-", label=f"exact (chunked torch.func), slope {summary['exponent_exact']:.2f}")
+        ax.loglog(ds, [r["exact_elements_rule"] for r in rows], "d-.",
+                  label=f"exact, element bound alone (previous default), slope {summary['exponent_exact_elements_rule']:.2f}")
         old = [(r["D"], r["exact_old"]) for r in rows if r["exact_old"]]
         ax.loglog([a for a, _ in old], [b for _, b in old], "s--", label=f"exact, one batched pass (main), slope {summary['exponent_exact_old']:.2f}")
         ax.loglog(ds, [r["D"] * r["one_vjp"] for r in rows], ":", color="k", label="D x one VJP (linear in D per VJP)")

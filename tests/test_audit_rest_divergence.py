@@ -17,6 +17,8 @@ import torch
 
 from sdesolve_gen.bpd import bits_per_dim, dequantize
 from sdesolve_gen.divergence import (
+    CHUNK_ELEMENTS,
+    MIN_CHUNK_ROWS,
     DivergenceEngine,
     GaussianControlVariate,
     default_chunk,
@@ -77,7 +79,8 @@ def test_probe_laws_and_default_chunk():
     """Bug class: Rademacher drawn as {0, 1} or {0, 2}, Gaussian probes not unit variance, the
     chunk bound formula wrong. Oracles: the values are exactly {-1, +1}; the sample mean and
     variance of 40,000 N(0,1) draws lie within 5 standard errors (0.025 and 0.035) of 0 and 1
-    (negative control: Uniform{0,1} probes fail the same checks); chunk = min(D, 2**16 // (B D))."""
+    (negative control: Uniform{0,1} probes fail the same checks); the chunk rule's element bound
+    (chunk = min(D, 2**16 // (B D)) where that leaves >= 128 rows per pass)."""
     shape = torch.Size((100, 100))
     r = draw_probes("rademacher", 4, shape, generator=torch.Generator().manual_seed(2), dtype=F64, device=torch.device("cpu"))
     assert r.shape == (4, 100, 100) and set(r.unique().tolist()) == {-1.0, 1.0}
@@ -91,6 +94,27 @@ def test_probe_laws_and_default_chunk():
     assert unit_law(gz) and unit_law(r)
     assert not unit_law(torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(4)).to(F64))
     assert default_chunk(3, 5) == 5 and default_chunk(64, 256) == 4 and default_chunk(10**6, 10) == 1
+
+
+def test_default_chunk_row_floor_and_exact_trace():
+    """Bug class: the row floor of the default chunk lost or mis-rounded (small batches starved to a
+    few basis vectors per pass), or a chunk that does not divide D dropping or repeating rows.
+    Oracle: chunk = min(D, max(2**16 // (B D), ceil(128 / B))), written out per case; for the
+    linear score s(x) = x A^T the exact trace is tr(A) for every sample (float64 round-off only)."""
+    assert MIN_CHUNK_ROWS == 128 and CHUNK_ELEMENTS == 2**16
+    cases = {(8, 3072): 16, (1, 3072): 128, (1, 64): 64, (3, 1000): 43, (8, 1024): 16, (197, 64): 5,
+             (256, 64): 4, (128, 3072): 1, (7, 2000): 19}
+    for (B, D), chunk in cases.items():
+        assert default_chunk(B, D) == chunk, (B, D)
+    g = torch.Generator().manual_seed(11)
+    B, D = 3, 1000  # default chunk 43 (the row floor): 23 passes of 43 vectors, then a remainder of 11
+    A = torch.randn(D, D, generator=g, dtype=F64)
+    x = torch.randn(B, D, generator=g, dtype=F64)
+    eng = DivergenceEngine()
+    for _ in range(2):  # first call: the autograd path; second: torch.func
+        _, div = eng(lambda z: z @ A.T, x)
+        assert div.shape == (B, 1)
+        assert torch.allclose(div[:, 0], torch.trace(A).expand(B), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("per_sample_t", [False, True])
