@@ -569,9 +569,11 @@ def resolve_tolerances(method: str, rtol: Optional[float], atol: Optional[float]
 class _Counting(torch.nn.Module):
     """Wrap ``func(t, x)``: count evaluations and steps, record times if asked, keep ``func``'s callbacks."""
 
-    def __init__(self, func: Any, method: str, record: bool, progress: Any) -> None:
+    def __init__(self, func: Any, method: str, record: bool, progress: Any,
+                 span: Optional[Tuple[float, float]] = None) -> None:
         super().__init__()
         self.func = func
+        self.span = span  # evaluate at times clamped into [lo, hi] (torchdiffeq's initial-step probe)
         self.nfe = self.n_accepted = self.n_rejected = self.n_fixed = 0
         self.times: Optional[List[float]] = [] if record else None
         user = {name: getattr(func, name, None) for name in ("callback_step", "callback_accept_step", "callback_reject_step")}
@@ -596,6 +598,8 @@ class _Counting(torch.nn.Module):
 
     def forward(self, t: Tensor, x: Any) -> Any:
         self.nfe += 1
+        if self.span is not None:
+            t = t.clamp(self.span[0], self.span[1])
         if self.times is not None:
             self.times.append(float(t))
         return self.func(t, x)
@@ -634,9 +638,12 @@ def odeint(
 
     Safety: adaptive Runge-Kutta solvers (:data:`ADAPTIVE_ODE_METHODS`) are told to step onto
     every time in ``ts`` (torchdiffeq's ``step_t`` option), so the last step ends exactly at
-    ``ts[-1]`` instead of overshooting it and interpolating back; the vector field is then never
-    evaluated outside ``[min(ts), max(ts)]`` (tested), which matters because e.g. VP's
-    :math:`\sigma(t)` is NaN for t < 0. Fixed-step methods (:data:`FIXED_ODE_METHODS`) step on
+    ``ts[-1]`` instead of overshooting it and interpolating back. Their one other excursion is
+    torchdiffeq's initial-step probe, an evaluation at ``t0 + h0`` that only sizes the first step
+    and can fall outside the range (e.g. ``T = 2`` at tolerance 1e-8); ``odeint`` evaluates it at
+    its time clamped into ``[min(ts), max(ts)]``. So the vector field is never evaluated outside
+    ``[min(ts), max(ts)]`` (tested), which matters because e.g. VP's :math:`\sigma(t)` is NaN for
+    t < 0. Fixed-step methods (:data:`FIXED_ODE_METHODS`) step on
     ``ts`` unless ``options["step_size"]`` is given. Other methods (e.g. ``scipy_solver``) get
     the options as given and no such guarantee.
 
@@ -694,7 +701,8 @@ def odeint(
         from tqdm.auto import tqdm
 
         bar = tqdm(desc=f"odeint[{method}]", unit="step", leave=False)
-    counted = _Counting(func, method, record_times, bar)
+    span = (float(ts.min()), float(ts.max())) if method in ADAPTIVE_ODE_METHODS else None
+    counted = _Counting(func, method, record_times, bar, span)
     if not getattr(func, "differentiable", True):
         x0 = tuple(v.detach() for v in x0) if isinstance(x0, tuple) else x0.detach()
     start = _time.perf_counter()

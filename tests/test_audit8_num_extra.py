@@ -30,6 +30,36 @@ def test_odeint_adaptive_steps_land_on_final_time():
         assert min(sol.extra["times"]) >= 0.01 - 1e-12 and max(sol.extra["times"]) <= 1.0 + 1e-12, method
 
 
+def test_odeint_initial_step_probe_is_clamped_into_the_range():
+    """T = 2 at tol 1e-8: torchdiffeq's initial-step probe lands at t = -3.4 (outside [0.01, 2],
+    where VP's sigma(t) is NaN) for all five adaptive methods unless odeint clamps it. Every
+    evaluation must lie in the range and the result must still be the exact flow. Oracle: for
+    isotropic Gaussian data N(mu, c I) the probability-flow ODE keeps the standardised coordinate,
+    x_s = a_s mu + sqrt((a_s^2 c + s_s^2) / (a_t^2 c + s_t^2)) (x_t - a_t mu), with the VP
+    marginals written out here (beta(t) = beta_min + t (beta_max - beta_min), not rescaled by T):
+    log a(t) = -beta_min t / 2 - (beta_max - beta_min) t^2 / 4,
+    s^2 = 1 - a^2."""
+    bmin, bmax, T, c = 0.3, 8.0, 2.0, 0.16
+    sde = VPSDE(beta_min=bmin, beta_max=bmax, T=T)
+    mu = torch.full((3,), 0.7, dtype=f64)
+    g = Gaussian(mu, c * torch.eye(3, dtype=f64))
+    xT = torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.1, -2.0]], dtype=f64)
+    ts = torch.tensor([T, 0.5 * T, 0.01], dtype=f64)
+
+    def a(t):
+        return math.exp(-bmin * t / 2 - (bmax - bmin) * t * t / 4)
+
+    def var(t):
+        return a(t) ** 2 * c + 1 - a(t) ** 2
+
+    exact = a(0.01) * mu + math.sqrt(var(0.01) / var(T)) * (xT - a(T) * mu)
+    for method in ("dopri5", "bosh3", "dopri8", "adaptive_heun", "fehlberg2"):
+        sol = odeint(ProbabilityFlowODE(sde, g.score_fn(sde)), xT, ts, method=method, rtol=1e-8, atol=1e-8, record_times=True)
+        times = sol.extra["times"]
+        assert 0.01 - 1e-12 <= min(times) and max(times) <= T + 1e-12, method
+        assert torch.allclose(sol.x, exact, rtol=0, atol=1e-5), method
+
+
 def test_per_sample_control_meets_documented_budget_in_nats():
     # documented: per-sample atol is a budget in nats for log_prob (measured within 1.6 x atol on the
     # benchmark mixtures); here anisotropic Gaussian data, D = 8, loose tolerance; allow 10 x atol
