@@ -313,13 +313,23 @@ def _check_step_size(method: str, step_size: Optional[float]) -> None:
                          "(it uses rtol/atol) and would ignore it")
 
 
+#: fixed-step methods' default number of equal steps over ``[eps, T]`` (when no ``step_size`` is given)
+DEFAULT_FIXED_STEPS = 100
+
+
+def _uniform_grid(f: Any, y0: Any, t: Tensor) -> Tensor:
+    """torchdiffeq ``grid_constructor``: :data:`DEFAULT_FIXED_STEPS` equal steps from ``t[0]`` to
+    ``t[-1]`` (exactly that many; ``step_size = (T - eps) / 100`` can round up to 101 steps)."""
+    return torch.linspace(float(t[0]), float(t[-1]), DEFAULT_FIXED_STEPS + 1, dtype=t.dtype, device=t.device)
+
+
 def _solver_options(method: str, ts: Tensor, step_size: Optional[float]) -> dict:
     _check_step_size(method, step_size)
     if method in ADAPTIVE_ODE_METHODS:
         return {}
-    # fixed-step: default 100 steps over the interval
-    h = step_size if step_size is not None else float(abs(ts[-1] - ts[0])) / 100.0
-    return {"step_size": h}
+    if step_size is None:
+        return {"grid_constructor": _uniform_grid}
+    return {"step_size": step_size}
 
 
 def _check_eps(sde: LinearSDE, eps: Optional[float]) -> float:
@@ -455,7 +465,7 @@ def log_likelihood(
             differentiable in ``x`` with its graph kept (raises ``ValueError`` otherwise).
         x: data, shape ``(B, *shape)``, finite.
         method: torchdiffeq method; adaptive ones (``dopri8`` default) use ``rtol``/``atol``,
-            fixed-step ones use ``step_size`` (default ``(T - eps)/100``); ``"dopri5_ps"`` /
+            fixed-step ones use ``step_size`` (default: exactly 100 equal steps of ``(T - eps)/100``); ``"dopri5_ps"`` /
             ``"gbs8_ps"``: independent steps per sample (see the module docstring; needs
             ``error_control="per_sample"``).
         rtol, atol: adaptive tolerances (default ``1e-5`` each; fixed-step methods refuse them). With ``error_control="per_sample"`` (default) ``atol``

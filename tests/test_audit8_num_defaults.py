@@ -71,7 +71,9 @@ def test_likelihood_defaults_as_documented():
     assert L._resolve_divergence("auto", 16) == "exact" and L._resolve_divergence("auto", 17) == "hutchinson"
     # fixed-step default: 100 steps over [eps, T]
     opts = L._solver_options("rk4", torch.tensor([0.01, 1.0], dtype=f64), None)
-    assert abs(opts["step_size"] - 0.99 / 100) < 1e-15
+    grid = opts["grid_constructor"](None, None, torch.tensor([0.01, 1.0], dtype=f64))
+    assert grid.shape == (101,) and torch.allclose(grid[1:] - grid[:-1], torch.full((100,), 0.99 / 100, dtype=f64), rtol=0, atol=1e-15)
+    assert float(grid[0]) == 0.01 and float(grid[-1]) == 1.0
     # default tolerances of log_likelihood are the documented 1e-5 (recorded in extra)
     sde = VPSDE()
     g = Gaussian(torch.zeros(2, dtype=f64), torch.eye(2, dtype=f64))
