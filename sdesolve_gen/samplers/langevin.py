@@ -86,8 +86,6 @@ def annealed_langevin(
     """
     check_int("n_steps_each", n_steps_each, 1)
     step_lr = check_positive("step_lr", step_lr)
-    if not (isinstance(step_lr, (int, float)) and step_lr > 0):
-        raise ValueError(f"step_lr must be a number > 0, got {step_lr!r}")
     run = Run("annealed_langevin", sde, score_fn, x_T, ts, generator, model_kwargs=model_kwargs, callback=callback, differentiable=differentiable, check_finite=check_finite, denoise=denoise)
     x = run.x_T
     sig_L2 = run.sigma[-1] ** 2
