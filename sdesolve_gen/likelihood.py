@@ -103,7 +103,7 @@ from .bpd import bits_per_dim as _bits_per_dim
 from .divergence import PROBES, DivergenceEngine, GaussianControlVariate, draw_probes
 from .integrate import ADAPTIVE_ODE_METHODS, odeint, resolve_tolerances
 from .reverse import check_model_kwargs, pf_velocity
-from .rk_batched import DOPRI5, Tableau, extrapolation_tableau, solve_per_sample
+from .rk_batched import DOPRI5, Tableau, extrapolation_tableau, rms_error_ratio, solve_per_sample
 from .sde import LinearSDE
 from .solution import Solution
 
@@ -829,29 +829,44 @@ def log_likelihood_bound(
 
 
 class _Flow(torch.nn.Module):
-    """Probability-flow velocity with times clamped into the solve's interval (no graph across steps)."""
+    """Probability-flow velocity with times clamped into the solve's interval (no graph across steps).
+
+    ``t`` is 0-d (one solve for the batch), or ``(b,)`` per-sample times with ``index`` ``(b,)`` the
+    active samples' positions in the full batch of ``batch`` samples (independent-step solves:
+    per-sample ``model_kwargs`` are sliced to follow their samples)."""
 
     differentiable = False
 
-    def __init__(self, sde: LinearSDE, score_fn: ScoreFn, lo: float, hi: float, kwargs: Dict[str, Any]) -> None:
+    def __init__(self, sde: LinearSDE, score_fn: ScoreFn, lo: float, hi: float, kwargs: Dict[str, Any], batch: int = 0) -> None:
         super().__init__()
-        self.sde, self.score_fn, self.lo, self.hi, self.kwargs = sde, score_fn, lo, hi, kwargs
+        self.sde, self.score_fn, self.lo, self.hi, self.kwargs, self.batch = sde, score_fn, lo, hi, kwargs, batch
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def forward(self, t: Tensor, x: Tensor, index: Optional[Tensor] = None) -> Tensor:
         t64 = t.detach().to(torch.float64).clamp(self.lo, self.hi)
-        s = self.score_fn(x, t64, **self.kwargs)
+        kwargs = self.kwargs if index is None else _slice_kwargs(self.kwargs, self.batch, index)
+        s = self.score_fn(x, t64, **kwargs)
         if not bool(torch.isfinite(s).all()):
-            raise NonFiniteError(f"score_fn's output became non-finite (NaN/inf) at t={float(t64):.6g}")
+            where = f"t={float(t64):.6g}" if t64.dim() == 0 else f"one of t={float(t64.min()):.6g}..{float(t64.max()):.6g}"
+            raise NonFiniteError(f"score_fn's output became non-finite (NaN/inf) at {where}")
         return pf_velocity(self.sde, x, s, t64)
 
 
 def _flow(sde, score_fn, x, t_from, t_to, method, rtol, atol, step_size, model_kwargs, progress=False):
     ts = torch.tensor([t_from, t_to], dtype=torch.float64, device=x.device)
     lo, hi = min(t_from, t_to), max(t_from, t_to)
+    kwargs = check_model_kwargs(model_kwargs)
     if method in PER_SAMPLE_METHODS:
-        raise ValueError(f"method={method!r} is only available in log_likelihood; encode/decode take {METHODS[:10]}")
+        _check_step_size(method, step_size)
+        B = x.shape[0]
+        func = _Flow(sde, score_fn, lo, hi, kwargs, batch=B)
+        factor = SOLVER_TOL_FACTOR.get(method, 1.0)
+        with torch.no_grad():
+            sol = solve_per_sample(lambda t, y, i: (func(t, y[0], i),), (x,), t_from, t_to,
+                                   error_ratio=rms_error_ratio(factor * rtol, factor * atol),
+                                   tableau=PER_SAMPLE_METHODS[method], progress=progress)
+        return sol.y[0]
     opts = _solver_options(method, ts, step_size)
-    func = _Flow(sde, score_fn, lo, hi, check_model_kwargs(model_kwargs))
+    func = _Flow(sde, score_fn, lo, hi, kwargs)
     with torch.no_grad():
         return odeint(func, x, ts, method=method, rtol=rtol, atol=atol, options=opts, save="final", progress=progress).x
 
@@ -864,8 +879,12 @@ def encode(
     r"""Map data :math:`x_\varepsilon` to its latent :math:`z_T` by the probability-flow ODE (eps -> T).
 
     Args:
-        x: shape ``(B, *shape)``. Other arguments as in :func:`log_likelihood` (``model_kwargs``
-            are passed to every score call unchanged: the whole batch is one solve).
+        x: shape ``(B, *shape)``. Other arguments as in :func:`log_likelihood`. With a
+            torchdiffeq method the whole batch is one solve and ``model_kwargs`` reach every score
+            call unchanged; with ``method="dopri5_ps"`` / ``"gbs8_ps"`` every sample has its own
+            steps (controller at :data:`SOLVER_TOL_FACTOR` x tol on the per-sample RMS of the
+            ``x`` error), the result of a sample does not depend on the rest of the batch, and
+            tensors in ``model_kwargs`` whose first dimension is ``B`` follow their samples.
 
     Returns:
         ``z`` of the shape of ``x``.
@@ -882,8 +901,8 @@ def decode(
     r"""Map a latent :math:`z_T` back to data :math:`x_\varepsilon` by the probability-flow ODE (T -> eps).
 
     Args:
-        z: shape ``(B, *shape)``. Other arguments as in :func:`log_likelihood` (``model_kwargs``
-            are passed to every score call unchanged: the whole batch is one solve).
+        z: shape ``(B, *shape)``. Other arguments as in :func:`encode` (``method="dopri5_ps"``
+            included).
 
     Returns:
         ``x`` of the shape of ``z``.

@@ -194,7 +194,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="step_size"):
         sg.log_likelihood(sde, lambda x, t: -x, x, method="dopri5_ps", step_size=0.1)
     with pytest.raises(ValueError, match="method"):
-        sg.encode(sde, lambda x, t: -x, x, method="dopri5_ps")
+        sg.encode(sde, lambda x, t: -x, x, method="dopri5_pss")
 
 
 # ------------------------------------------------------------------ likelihoods
