@@ -80,6 +80,8 @@ def test_curves_and_likelihood_row(res):
     torch.testing.assert_close(lik.log_p_ode, ll.log_prob, rtol=1e-9, atol=1e-9)
     assert lik.nfe == ll.nfe
     torch.testing.assert_close(lik.abs_err, (lik.log_p_ode - lik.log_p_exact).abs())
+    # sanity ceiling only (not derived): the documented per-sample budget is atol = 1e-4 nats (measured
+    # worst sample <= 1.6 x atol for the default dopri8); 1e-2 = 100 x atol catches only gross failures
     assert float(lik.abs_err.max()) < 1e-2
 
 

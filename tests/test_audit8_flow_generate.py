@@ -189,6 +189,7 @@ def test_evaluate_fields_by_hand(tmp_path):
     fin = torch.isfinite(sv)
     assert res.n == 7 and res.missing == 0
     assert res.n_nonfinite == int((~fin).sum())
+    assert 0 < res.n_nonfinite < res.n  # precondition: both the finite and the non-finite paths are exercised
     assert res.mean == pytest.approx(float(sv[fin].mean()), rel=1e-12)
     assert res.stderr == pytest.approx(float(sv[fin].std()) / math.sqrt(int(fin.sum())), rel=1e-12)
     lab = labels(x)

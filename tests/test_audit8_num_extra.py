@@ -61,8 +61,11 @@ def test_odeint_initial_step_probe_is_clamped_into_the_range():
 
 
 def test_per_sample_control_meets_documented_budget_in_nats():
-    # documented: per-sample atol is a budget in nats for log_prob (measured within 1.6 x atol on the
-    # benchmark mixtures); here anisotropic Gaussian data, D = 8, loose tolerance; allow 10 x atol
+    # documented: per-sample atol is a budget in nats for log_prob. The documented measurement (worst
+    # sample within 1.6 x atol) is for the default dopri8 on the benchmark mixtures; for dopri5 the docs
+    # report 20-66 x on those mixtures. There is no closed-form bound on an adaptive solver's global
+    # error, so 10 x atol here is a heuristic ceiling (not derived from math): it can only catch an
+    # order-of-magnitude failure of the budget, not a 2 x miscalibration
     D = 8
     C = torch.diag(torch.logspace(-2, 0, D, dtype=f64))
     mu = torch.linspace(-1, 1, D, dtype=f64)

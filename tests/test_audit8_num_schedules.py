@@ -124,8 +124,10 @@ def test_custom_linear_sde_autograd_derivatives_and_prior():
     assert torch.allclose(sde2.prior_log_prob(x), torch.full((2,), -1.5 * math.log(2 * math.pi * 9) - 0.5 * 3 * 2.25 / 9, dtype=f64))
     z = sde2.prior_sample((4000, 2), generator=torch.Generator().manual_seed(1), dtype=f64)
     assert z.dtype == f64
-    # sample sd of 8000 N(0, 9) values: relative standard error ~ 1/sqrt(2 * 8000) = 0.8 %
+    # sample sd of 8000 N(0, 9) values: relative standard error 1/sqrt(2 * 8000) = 0.0079 -> 5 sd = 0.040
     assert abs(float(z.std()) / 3.0 - 1) < 0.04
+    # negative control: the same check rejects a prior sd of 3.3 (10 % off, 12 sd)
+    assert not abs(float(1.1 * z.std()) / 3.0 - 1) < 0.04
 
 
 def test_marginal_perturb_per_sample_times_and_torchsde_interface():
@@ -247,15 +249,20 @@ def test_mixture_log_prob_marginal_and_score_vs_scipy():
 def test_mixture_sampling_statistics():
     gm, means, covs, w = _mix()
     x, lab = gm.sample_with_labels(20000, generator=torch.Generator().manual_seed(3), dtype=f64)
-    # label frequency of component 1: p=0.7, sd sqrt(0.21/20000)=0.0032 -> 5 sd = 0.016
-    assert abs(float(lab.double().mean()) - 0.7) < 0.016
+    # label frequency of component 1: p=0.7, sd sqrt(0.21/20000)=0.00324 -> 5 sd = 0.0162
+    assert abs(float(lab.double().mean()) - 0.7) < 0.0162
+    assert not abs(float((1 - lab).double().mean()) - 0.7) < 0.0162  # control: component 0's frequency 0.3
     x1 = x[lab == 1]
-    # per-coordinate mean of ~14000 samples with var <= 0.6: 5 sd < 0.033
-    assert torch.allclose(x1.mean(0), means[1], atol=0.033)
-    # covariance entries: sd of sample cov entry <= sqrt((0.6*0.6+0.1^2)/14000) ~ 0.005 -> 0.03
-    assert torch.allclose(torch.cov(x1.T), covs[1], atol=0.03)
+    n1 = x1.shape[0]
+    assert n1 >= 13_600  # 0.7 * 20000 - 5 sd (sd 65) = 13676: the bounds below use n = 13600
+    # per-coordinate mean of >= 13600 samples with var <= 0.6: sd sqrt(0.6/13600) = 0.0066 -> 5 sd = 0.033
+    assert torch.allclose(x1.mean(0), means[1], atol=0.033, rtol=0)
+    assert not torch.allclose(x1.mean(0), means[0], atol=0.033, rtol=0)  # control: the other component's mean
+    # covariance entries: Var(sample cov_ij) = (C_ii C_jj + C_ij^2) / n <= 2 * 0.6^2 / 13600 (the largest
+    # diagonal entry), sd 0.0073 -> 5 sd = 0.037
+    assert torch.allclose(torch.cov(x1.T), covs[1], atol=0.037, rtol=0)
     # negative control: the other component's covariance is far away
-    assert not torch.allclose(torch.cov(x1.T), covs[0], atol=0.03)
+    assert not torch.allclose(torch.cov(x1.T), covs[0], atol=0.037, rtol=0)
 
 
 def test_gaussian_event_shape_and_conditional_oracles():
@@ -359,8 +366,10 @@ def test_bits_per_dim_offsets_and_dequantize():
     assert xs.dtype == f64
     lo = -1.0 + k.to(f64) * 0.5
     assert bool((xs >= lo).all()) and bool((xs < lo + 0.5).all())
-    # mean of 400 U[lo, lo+0.5): sd 0.5/sqrt(12*400) = 0.0072 -> 5 sd
-    assert torch.allclose(xs.mean(0), lo + 0.25, atol=0.036)
+    # mean of 400 U[lo, lo+0.5): sd 0.5/sqrt(12*400) = 0.0072 -> 5 sd = 0.036
+    assert torch.allclose(xs.mean(0), lo + 0.25, atol=0.036, rtol=0)
+    # negative control: the same check rejects the mean of a bin shifted by 0.1 (14 sd)
+    assert not torch.allclose(xs.mean(0), lo + 0.35, atol=0.036, rtol=0)
     u = torch.rand(k.shape, generator=torch.Generator().manual_seed(7), dtype=f64)
     x1 = dequantize(k, generator=torch.Generator().manual_seed(7), n_bins=8, data_range=(-1.0, 3.0))
     assert torch.allclose(x1, (-1.0 + (k + u) * 0.5).to(x1.dtype))

@@ -282,6 +282,7 @@ def test_dpm_solver_singlestep_replay_on_ve_and_subvp(kind, p, order):
     sol = S.dpm_solver(sc.sde, score, _x_T(sc), ts, order=order)
     _close(sol.x, x, 1e-8)
     assert sol.nfe == order * (len(t) - 1) and sol.extra == {"order": order}
+    _far(S.dpm_solver(sc.sde, score, _x_T(sc), ts, order=1 if order > 1 else 2).x, x)  # control: another order
 
 
 def _dpmpp_ms(sc, score, x, t, order, lof, w2=1.0):
@@ -350,6 +351,7 @@ def test_dpm_solver_pp_2s_replay_with_r(kind, p):
     sol = S.dpm_solver_pp_2s(sc.sde, score, _x_T(sc), ts, r=r)
     _close(sol.x, x, 1e-8)
     assert sol.nfe == 2 * (len(t) - 1) and sol.extra == {"r": r}
+    _far(S.dpm_solver_pp_2s(sc.sde, score, _x_T(sc), ts, r=0.5).x, x)  # control: r is honoured
 
 
 def _lagrange_int(nodes, lo, hi, kernel):
@@ -386,6 +388,7 @@ def test_deis_replay_on_ve_and_subvp(kind, p, order, lof):
         x = sc.alpha(t[i + 1]) * (x / sc.alpha(t[i]) - sum(w[j] * es[-1 - j] for j in range(q)))
     sol = S.deis(sc.sde, score, _x_T(sc), ts, order=order, lower_order_final=lof)
     _close(sol.x, x, 1e-8)
+    _far(S.deis(sc.sde, score, _x_T(sc), ts, order=order, lower_order_final=not lof).x, x)  # control
 
 
 @pytest.mark.parametrize("kind,p", SCHEDS)
@@ -405,6 +408,7 @@ def test_ipndm_replay_on_ve_and_subvp(kind, p, order):
     sol = S.ipndm(sc.sde, score, _x_T(sc), ts, order=order)
     _close(sol.x, x)
     assert sol.extra == {"order": order}
+    _far(S.ipndm(sc.sde, score, _x_T(sc), ts, order=7 - order).x, x)  # control: order 3 vs 4 differ from step 4 on
 
 
 # ------------------------------------------------------------------ stochastic few-step samplers
@@ -512,6 +516,9 @@ def test_sa_solver_replay(kind, p, order, tau, lof):
                       lower_order_final=lof)
     _close(sol.x, x, 1e-8)
     assert sol.extra == {"order": order, "tau": tau}
+    if tau > 0:  # control: the noise stream is the seeded one (tau = 0 draws no noise)
+        _far(S.sa_solver(sc.sde, score, _x_T(sc), ts, generator=torch.Generator().manual_seed(9), order=order, tau=tau,
+                         lower_order_final=lof).x, x)
 
 
 # ------------------------------------------------------------------ adaptive samplers
