@@ -473,7 +473,7 @@ class Trainer:
         """Bytes a checkpoint will take (an upper estimate used by the free-space check before training).
 
         Model + EMA + optimiser state (Adam-like: two moments per parameter if it has none yet)
-        + the loss history (8 bytes per step) + 1 KiB per tensor and 256 KiB of pickling and
+        + the loss history (8 bytes per step) + 4 KiB per tensor and 256 KiB of pickling and
         archive overhead.
         """
         sd = self.model.state_dict()
