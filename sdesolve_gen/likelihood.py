@@ -882,7 +882,7 @@ def encode(
         x: shape ``(B, *shape)``. Other arguments as in :func:`log_likelihood`. With a
             torchdiffeq method the whole batch is one solve and ``model_kwargs`` reach every score
             call unchanged; with ``method="dopri5_ps"`` / ``"gbs8_ps"`` every sample has its own
-            steps (controller at :data:`SOLVER_TOL_FACTOR` x tol on the per-sample RMS of the
+            steps (controller at :data:`~sdesolve_gen.likelihood.SOLVER_TOL_FACTOR` x tol on the per-sample RMS of the
             ``x`` error), the result of a sample does not depend on the rest of the batch, and
             tensors in ``model_kwargs`` whose first dimension is ``B`` follow their samples.
 
