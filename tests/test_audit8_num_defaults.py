@@ -61,7 +61,7 @@ def test_likelihood_defaults_as_documented():
     assert (d["method"], d["divergence"], d["n_probes"], d["probe"], d["prior"], d["error_control"], d["n_bins"]) == (
         "dopri8", "auto", 1, "rademacher", "standard", "per_sample", 256)
     assert L.AUTO_EXACT_MAX_DIM == 16
-    assert dict(L.SOLVER_TOL_FACTOR) == {"dopri8": 10.0, "dopri5_ps": 0.25}
+    assert dict(L.SOLVER_TOL_FACTOR) == {"dopri8": 10.0, "dopri5_ps": 0.25, "gbs8_ps": 0.1}
     assert L._DELTA_SCALE == 2.0**-20
     for fn in (L.encode, L.decode):
         assert _defaults(fn)["method"] == "dopri5"
