@@ -326,7 +326,7 @@ def _uniform_grid(f: Any, y0: Any, t: Tensor) -> Tensor:
     return torch.linspace(float(t[0]), float(t[-1]), DEFAULT_FIXED_STEPS + 1, dtype=t.dtype, device=t.device)
 
 
-def _solver_options(method: str, ts: Tensor, step_size: Optional[float]) -> dict:
+def _solver_options(method: str, step_size: Optional[float]) -> dict:
     _check_step_size(method, step_size)
     if method in ADAPTIVE_ODE_METHODS:
         return {}
@@ -395,7 +395,7 @@ def _solve_chunk(sde, score_fn, x, probes, eps, method, rtol, atol, prior, step_
     func = _Augmented(sde, score_fn, shape, probes, eps, float(sde.T), div_chunk, kwargs, scale, control=cv)
     ts = torch.tensor([eps, float(sde.T)], dtype=torch.float64, device=x.device)
     delta0 = torch.zeros(B, K, dtype=x.dtype, device=x.device)
-    opts = _solver_options(method, ts, step_size)
+    opts = _solver_options(method, step_size)
     if per_sample:
         opts["norm"] = _per_sample_norm(scale)
         factor = SOLVER_TOL_FACTOR.get(method, 1.0)
@@ -855,7 +855,6 @@ class _Flow(torch.nn.Module):
 
 
 def _flow(sde, score_fn, x, t_from, t_to, method, rtol, atol, step_size, model_kwargs, progress=False):
-    ts = torch.tensor([t_from, t_to], dtype=torch.float64, device=x.device)
     lo, hi = min(t_from, t_to), max(t_from, t_to)
     kwargs = check_model_kwargs(model_kwargs)
     if method in PER_SAMPLE_METHODS:
@@ -868,7 +867,8 @@ def _flow(sde, score_fn, x, t_from, t_to, method, rtol, atol, step_size, model_k
                                    error_ratio=rms_error_ratio(factor * rtol, factor * atol),
                                    tableau=PER_SAMPLE_METHODS[method], progress=progress)
         return sol.y[0]
-    opts = _solver_options(method, ts, step_size)
+    opts = _solver_options(method, step_size)
+    ts = torch.tensor([t_from, t_to], dtype=torch.float64, device=x.device)
     func = _Flow(sde, score_fn, lo, hi, kwargs)
     with torch.no_grad():
         return odeint(func, x, ts, method=method, rtol=rtol, atol=atol, options=opts, save="final", progress=progress).x

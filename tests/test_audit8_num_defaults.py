@@ -70,7 +70,7 @@ def test_likelihood_defaults_as_documented():
     # "auto" resolves by dimension: exact at D = 16, Hutchinson at D = 17
     assert L._resolve_divergence("auto", 16) == "exact" and L._resolve_divergence("auto", 17) == "hutchinson"
     # fixed-step default: 100 steps over [eps, T]
-    opts = L._solver_options("rk4", torch.tensor([0.01, 1.0], dtype=f64), None)
+    opts = L._solver_options("rk4", None)
     grid = opts["grid_constructor"](None, None, torch.tensor([0.01, 1.0], dtype=f64))
     assert grid.shape == (101,) and torch.allclose(grid[1:] - grid[:-1], torch.full((100,), 0.99 / 100, dtype=f64), rtol=0, atol=1e-15)
     assert float(grid[0]) == 0.01 and float(grid[-1]) == 1.0
