@@ -99,3 +99,25 @@ def test_scaling_writes_plots(tmp_path):
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert {r["curve"] for r in res["rows"]} >= {"sampling vs batch", "sampling vs dim", "sampling vs nfe", "likelihood vs dim"}
+
+
+def test_likelihood_frontier_orders_and_goal_box(tmp_path):
+    """The frontier benchmark on a 2-D mixture (B = 8): every family's points are measured, cost ratios
+    are relative to the first (batch-shared) point, and the summary's goal-box verdict matches the rows."""
+    from benchmarks import likelihood_frontier as lf
+
+    fams = (lf.FAMILIES[0][:2] + ((1.0, 0.01),), lf.FAMILIES[3][:2] + ((4.0, 1.0),))
+    rows = lf.run_problem(2, "VP", 8, families=fams, log=lambda *a, **k: None)
+    assert [r["scale"] for r in rows] == [1.0, 0.01, 4.0, 1.0]
+    assert rows[0]["nfe_ratio"] == 1.0 and rows[0]["evals_ratio"] == 1.0
+    # a 100x tighter batch-shared solve costs more calls and errs less on its worst sample
+    assert rows[1]["nfe"] > rows[0]["nfe"] and rows[1]["max_over_tol"] < rows[0]["max_over_tol"]
+    # independent steps: evaluations per sample never exceed the batched calls
+    assert all(r["evals_per_sample"] <= r["nfe"] for r in rows[2:])
+    summary = lf.summarise(rows)["GMM2-VP"]
+    for fam, _, _ in fams:
+        pts = [r for r in rows if r["family"] == fam]
+        assert summary[fam]["in_goal_box"] == any(r["evals_ratio"] <= 1.3 and r["max_over_tol"] <= 10 for r in pts)
+        assert math.isfinite(summary[fam]["order"])
+    lf.plot(rows, str(tmp_path / "f.png"))
+    assert (tmp_path / "f.png").stat().st_size > 0
