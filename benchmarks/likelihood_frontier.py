@@ -113,7 +113,7 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    probs = sorted({r["problem"] for r in rows})
+    probs = list(dict.fromkeys(r["problem"] for r in rows))
     fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 4.6), squeeze=False)
     for ax, prob in zip(axes[0], probs):
         for family, mk in zip(_families(rows), "osD^v<>"):
