@@ -102,14 +102,18 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
         r["exact_chunk1"] = _time(lambda: eng1(f, x), max(1, repeats - 1))
         r["exact_old"] = _time(lambda: _old_exact(f, x), max(1, repeats - 1)) if D <= 1024 else None
         r["exact_over_D_vjp"] = r["exact"] / (D * r["one_vjp"])
-        r["marginal_vjp"] = (r["hutch32"] - r["hutch1"]) / 31
-        r["exact_over_D_marginal_vjp"] = r["exact"] / (D * r["marginal_vjp"])
+        # None when timing noise makes the difference non-positive (then the row is left out of the fits)
+        m = (r["hutch32"] - r["hutch1"]) / 31
+        r["marginal_vjp"] = m if m > 0 else None
+        r["exact_over_D_marginal_vjp"] = r["exact"] / (D * m) if m > 0 else None
         r["exact_per_vjp"] = r["exact"] / r["one_vjp"]
         r["elements_rule_over_default"] = r["exact_elements_rule"] / r["exact"]
         rows.append(r)
         log(f"  D={D:5d} exact {r['exact'] * 1e3:8.2f} ms (chunk {r['chunk']}; element rule alone, chunk "
             f"{r['chunk_elements_rule']}: {r['exact_elements_rule'] * 1e3:8.2f} ms)  chunk 1 {r['exact_chunk1'] * 1e3:8.2f} ms  "
-            f"exact/(D vjp) {r['exact_over_D_vjp']:5.2f}  exact/(D marginal vjp) {r['exact_over_D_marginal_vjp']:5.2f}  one vjp {r['one_vjp'] * 1e3:6.3f} ms  "
+            f"exact/(D vjp) {r['exact_over_D_vjp']:5.2f}  "
+            f"exact/(D marginal vjp) {r['exact_over_D_marginal_vjp'] or float('nan'):5.2f}  "
+            f"one vjp {r['one_vjp'] * 1e3:6.3f} ms  "
             f"hutch32 {r['hutch32'] * 1e3:7.2f} ms  old {r['exact_old'] * 1e3 if r['exact_old'] else float('nan'):8.2f} ms")
     ds = [r["D"] for r in rows]
     summary = {
@@ -125,9 +129,11 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
     summary["linearity_spread"] = max(per) / min(per)
     per_el = [r["exact_elements_rule"] / (r["D"] * r["one_vjp"]) for r in rows]
     summary["linearity_spread_elements_rule"] = max(per_el) / min(per_el)
-    per_m = [r["exact_over_D_marginal_vjp"] for r in rows]
-    summary["linearity_spread_marginal_vjp"] = max(per_m) / min(per_m)
-    summary["exponent_exact_per_marginal_vjp"] = _fit(ds, [r["exact"] / r["marginal_vjp"] for r in rows])
+    mrows = [r for r in rows if r["marginal_vjp"] is not None]
+    per_m = [r["exact_over_D_marginal_vjp"] for r in mrows]
+    summary["linearity_spread_marginal_vjp"] = max(per_m) / min(per_m) if len(per_m) > 1 else None
+    summary["exponent_exact_per_marginal_vjp"] = (
+        _fit([r["D"] for r in mrows], [r["exact"] / r["marginal_vjp"] for r in mrows]) if len(mrows) > 1 else None)
     cross = [r["D"] for r in rows if r["exact"] >= r["hutch32"]]
     summary["crossover_D_vs_hutch32"] = cross[0] if cross else None
     os.makedirs(out, exist_ok=True)
@@ -144,8 +150,9 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
         old = [(r["D"], r["exact_old"]) for r in rows if r["exact_old"]]
         ax.loglog([a for a, _ in old], [b for _, b in old], "s--", label=f"exact, one batched pass (main), slope {summary['exponent_exact_old']:.2f}")
         ax.loglog(ds, [r["D"] * r["one_vjp"] for r in rows], ":", color="k", label="D x one VJP call (linear in D per VJP)")
-        ax.loglog(ds, [r["D"] * r["marginal_vjp"] for r in rows], "--", color="grey",
-                  label=f"D x marginal VJP in a batched pass (exact / this: spread {summary['linearity_spread_marginal_vjp']:.2f})")
+        spread = summary["linearity_spread_marginal_vjp"]
+        ax.loglog([r["D"] for r in mrows], [r["D"] * r["marginal_vjp"] for r in mrows], "--", color="grey",
+                  label="D x marginal VJP in a batched pass" + (f" (exact / this: spread {spread:.2f})" if spread else ""))
         ax.loglog(ds, [r["exact_chunk1"] for r in rows], "x-", label="exact, one VJP per pass (chunk=1)")
         ax.loglog(ds, [r["hutch32"] for r in rows], "^-", label="Hutchinson K=32")
         ax.loglog(ds, [r["hutch1"] for r in rows], "v-", label="Hutchinson K=1")

@@ -143,7 +143,8 @@ _DELTA_SCALE = 2.0**-20
 #: ``dopri5_ps`` (independent steps per sample) runs at 0.25: its worst sample erred by 15.5 /
 #: 8.0 / 3.4 x tol at factor 1 / 0.5 / 0.25 on GMM16-VE (B = 256, tol 1e-5) and by 17.5 / 10.6 /
 #: 5.7 x tol on GMM64-VE (B = 64), almost all through the prior term (``x`` errors at large ``|z|``,
-#: coherent over the ``D`` coordinates); at 0.25 every measured mixture stayed within 5.7 x tol.
+#: coherent over the ``D`` coordinates); at 0.25 every measured mixture stayed within 5.7 x tol
+#: at B = 64 and within 5.9 x tol at B = 256 (GMM64-VE, ``benchmarks/likelihood_frontier.py``).
 #: ``gbs8_ps`` runs at 0.1: on GMM2 / GMM16 (VP, VE, sub-VP; B = 256, tol 1e-5) its worst sample
 #: erred by up to 73 / 10.6 / 1.5 x tol at factor 1 / 0.3 / 0.1 (0.1: 0.18-1.5 x tol, at 3.2-5.1x
 #: the batched calls of the batch-shared dopri5, against 1.6-2.3x for ``dopri5_ps``).

@@ -101,23 +101,60 @@ def test_scaling_writes_plots(tmp_path):
     assert {r["curve"] for r in res["rows"]} >= {"sampling vs batch", "sampling vs dim", "sampling vs nfe", "likelihood vs dim"}
 
 
-def test_likelihood_frontier_orders_and_goal_box(tmp_path):
-    """The frontier benchmark on a 2-D mixture (B = 8): every family's points are measured, cost ratios
-    are relative to the first (batch-shared) point, and the summary's goal-box verdict matches the rows."""
+def test_likelihood_frontier_rows_are_accurate_and_consistent(tmp_path):
+    """The frontier on a 2-D mixture (B = 8). Independent oracle: the analytic log density, so a
+    100x tighter batch-shared solve must be within 1 x tol on every sample (measured 0.02 x tol;
+    a wrong reference density, time or unit gives >> 1) while the tol-level solve is not exact.
+    Cost ratios are relative to the first (reference) point."""
     from benchmarks import likelihood_frontier as lf
 
     fams = (lf.FAMILIES[0][:2] + ((1.0, 0.01),), lf.FAMILIES[3][:2] + ((4.0, 1.0),))
     rows = lf.run_problem(2, "VP", 8, families=fams, log=lambda *a, **k: None)
     assert [r["scale"] for r in rows] == [1.0, 0.01, 4.0, 1.0]
     assert rows[0]["nfe_ratio"] == 1.0 and rows[0]["evals_ratio"] == 1.0
-    # a 100x tighter batch-shared solve costs more calls and errs less on its worst sample
-    assert rows[1]["nfe"] > rows[0]["nfe"] and rows[1]["max_over_tol"] < rows[0]["max_over_tol"]
-    # independent steps: evaluations per sample never exceed the batched calls
-    assert all(r["evals_per_sample"] <= r["nfe"] for r in rows[2:])
-    summary = lf.summarise(rows)["GMM2-VP"]
-    for fam, _, _ in fams:
-        pts = [r for r in rows if r["family"] == fam]
-        assert summary[fam]["in_goal_box"] == any(r["evals_ratio"] <= 1.3 and r["max_over_tol"] <= 10 for r in pts)
-        assert math.isfinite(summary[fam]["order"])
-    lf.plot(rows, str(tmp_path / "f.png"))
-    assert (tmp_path / "f.png").stat().st_size > 0
+    assert rows[1]["max_over_tol"] < 1.0 < rows[1]["nfe"] / rows[0]["nfe"]
+    # the tol-level solve is not exact: its worst sample errs by more than tol (measured 2.7 x tol)
+    assert rows[0]["max_over_tol"] > 1.0 > rows[1]["max_over_tol"] > 0
+    for r in rows:
+        assert r["nfe_ratio"] == pytest.approx(r["nfe"] / rows[0]["nfe"])
+        assert r["evals_ratio"] == pytest.approx(r["evals_per_sample"] / rows[0]["nfe"])
+        assert r["median_over_tol"] <= r["p90_over_tol"] <= r["p99_over_tol"] <= r["max_over_tol"]
+        assert r["delta_nats_max"] >= r["delta_nats_median"] > 0
+    # independent steps: finished samples leave the batch, so the mean sample takes part in fewer
+    # calls than there are batched calls (strictly here: these 8 samples take different steps)
+    assert all(r["evals_per_sample"] < r["nfe"] for r in rows[2:])
+
+
+def test_likelihood_frontier_summary_on_synthetic_rows():
+    """summarise on hand-made rows with known answers: cost 1, 2, 4 with worst errors 1000, 10, 0.1
+    x tol has order log(100)/log(2); the cheapest point within 10 x tol is cost 2; the reference
+    needs order log(100)/log(1.3) to reach the box; a non-monotone family has no order (NaN)."""
+    from benchmarks import likelihood_frontier as lf
+
+    def row(fam, scale, cost, err, calls=None):
+        return dict(problem="P", family=fam, scale=scale, evals_ratio=cost, nfe_ratio=calls or cost, max_over_tol=err)
+
+    rows = [row("a", 1.0, 1.0, 1000.0), row("a", 0.1, 2.0, 10.0), row("a", 0.01, 4.0, 0.1),
+            row("b", 1.0, 1.2, 5.0, calls=2.0), row("c", 1.0, 1.5, 8.0), row("c", 0.1, 1.4, 20.0)]
+    s = lf.summarise(rows)["P"]
+    a = s["families"]["a"]["evals_ratio"]
+    assert a["order"] == pytest.approx(math.log(100) / math.log(2))
+    assert a["cheapest_within"] == 2.0 and a["in_box"] is False
+    assert s["order_needed_from_reference"] == pytest.approx(math.log(100) / math.log(1.3))
+    b = s["families"]["b"]
+    assert b["evals_ratio"]["in_box"] is True and b["nfe_ratio"]["in_box"] is False  # the two costs differ
+    assert math.isnan(b["evals_ratio"]["order"])  # one point
+    assert math.isnan(s["families"]["c"]["evals_ratio"]["order"])  # cost falls as the scale tightens
+
+
+def test_likelihood_frontier_command_writes_json_and_png(tmp_path):
+    from benchmarks import likelihood_frontier as lf
+
+    res = lf.main(["--quick", "--out", str(tmp_path)])
+    js, png = res["paths"]
+    with open(js) as fh:
+        d = json.load(fh)
+    assert d["command"].endswith("--quick --out " + str(tmp_path)) and len(d["rows"]) == 2 * 13
+    assert set(d["summary"]) == {"GMM2-VP", "GMM2-VE"}
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
