@@ -130,8 +130,8 @@ def summarise(rows: List[Dict[str, Any]], box_cost: float = 1.3, box_err: float 
 
     Returns:
         ``{problem: {"families": {family: {cost: {"order", "cheapest_within", "in_box"}}},
-        "order_needed_from_reference": float}}``; the last is the slope that would take the
-        reference (cost 1) to the box's corner.
+        "order_needed_from_reference": float}}``; ``order`` is ``None`` where :func:`_order` is NaN;
+        the last entry is the slope that would take the reference (cost 1) to the box's corner.
     """
     out: Dict[str, Any] = {}
     for prob in dict.fromkeys(r["problem"] for r in rows):
@@ -142,7 +142,8 @@ def summarise(rows: List[Dict[str, Any]], box_cost: float = 1.3, box_err: float 
             fams[family] = {}
             for cost in COSTS:
                 ok = [r[cost] for r in pts if r["max_over_tol"] <= box_err]
-                fams[family][cost] = dict(order=_order(pts, cost), cheapest_within=min(ok) if ok else None,
+                p = _order(pts, cost)
+                fams[family][cost] = dict(order=p if math.isfinite(p) else None, cheapest_within=min(ok) if ok else None,
                                           in_box=any(r[cost] <= box_cost and r["max_over_tol"] <= box_err for r in pts))
         base = prows[0]
         need = math.log(max(base["max_over_tol"], box_err) / box_err) / math.log(box_cost)
@@ -164,7 +165,7 @@ def plot(rows: List[Dict[str, Any]], path: str, box_cost: float = 1.3, box_err: 
     errs = [max(r["max_over_tol"], 1e-300) for r in rows]
     xlim = (min(0.6, 0.9 * min(costs)), max(8.0, 1.1 * max(costs)))
     ylim = (min(1e-2, 0.5 * min(errs)), 2 * max(errs))
-    fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 5.4), squeeze=False)
     for ax, prob in zip(axes[0], probs):
         for family, mk in zip(_families(rows), itertools.cycle("osD^v<>")):
             pts = sorted((r for r in rows if r["problem"] == prob and r["family"] == family), key=lambda r: -r["scale"])
@@ -185,9 +186,10 @@ def plot(rows: List[Dict[str, Any]], path: str, box_cost: float = 1.3, box_err: 
         ax.set_ylabel("worst sample |error| / tol")
         ax.set_title(f"{prob}, B = {rows[0]['batch']}, tol = {TOL:g}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=6.5, loc="upper right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
     fig.suptitle("cost vs worst-sample error (exact divergence, exact prior; one setting per point)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
