@@ -12,7 +12,8 @@ depends on that sample only), the divergence is :math:`\nabla\cdot s = \operator
   the cost per evaluation is ``D`` backward passes, each about as cheap as one plain
   vector-Jacobian product or cheaper (measured on an MLP from D = 64 to 3072: 0.08-0.36x of ``D``
   plain VJP calls, and 1.0-1.7x ``D`` times the marginal cost of one VJP inside a vectorised
-  pass, over two runs; see the D-scaling benchmark). Memory ``O(chunk * B * D)`` plus ``chunk * B`` times the score's activations.
+  pass, over two runs; see the D-scaling benchmark). Memory ``O(chunk * B * D)`` plus
+  ``chunk * B`` times the score's activations.
 * **Hutchinson**: :math:`\operatorname{tr} J = \mathbb E[\epsilon^\top J \epsilon]` for probes with
   :math:`\mathbb E[\epsilon\epsilon^\top] = I` (Rademacher :math:`\pm1` or standard Gaussian).
   ``K`` probes are contracted in one batched backward pass. Cost: about ``K`` backward passes,
