@@ -39,6 +39,7 @@ import torch
 from sdesolve_gen.likelihood import log_likelihood
 from sdesolve_gen.sde import VESDE, VPSDE, SubVPSDE
 
+from .metrics import loglog_slope
 from .problems import gmm
 
 TOL = 1e-5
@@ -112,11 +113,7 @@ def _order(pts: List[Dict[str, Any]], cost: str) -> float:
     e = [max(r["max_over_tol"], 1e-300) for r in pts]
     if len(pts) < 2 or any(b < a for a, b in zip(c, c[1:])) or any(b > a for a, b in zip(e, e[1:])):
         return float("nan")
-    lx = [math.log(v) for v in c]
-    ly = [-math.log(v) for v in e]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    den = sum((a - mx) ** 2 for a in lx)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den > 0 else float("nan")
+    return -loglog_slope(c, e)
 
 
 def summarise(rows: List[Dict[str, Any]], box_cost: float = 1.3, box_err: float = 10.0) -> Dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from typing import Any, Dict, List
@@ -35,6 +34,8 @@ from typing import Any, Dict, List
 import torch
 
 from sdesolve_gen.divergence import CHUNK_ELEMENTS, DivergenceEngine, default_chunk
+
+from .metrics import loglog_slope
 
 
 def _time(fn, repeats: int) -> float:
@@ -56,13 +57,6 @@ def _old_exact(f, x):
         basis = torch.eye(D, dtype=x.dtype)[:, None, :].expand(-1, B, D)
         g = torch.autograd.grad(s, xg, basis, retain_graph=True, is_grads_batched=True)[0]
         return torch.diagonal(g, dim1=0, dim2=2).sum(-1)
-
-
-def _fit(ds: List[int], ts: List[float]) -> float:
-    lx = [math.log(d) for d in ds]
-    ly = [math.log(t) for t in ts]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results", log=print) -> Dict[str, Any]:
@@ -117,12 +111,12 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
             f"hutch32 {r['hutch32'] * 1e3:7.2f} ms  old {r['exact_old'] * 1e3 if r['exact_old'] else float('nan'):8.2f} ms")
     ds = [r["D"] for r in rows]
     summary = {
-        "exponent_exact": _fit(ds, [r["exact"] for r in rows]),
-        "exponent_exact_per_vjp": _fit(ds, [r["exact_per_vjp"] for r in rows]),
-        "exponent_exact_elements_rule": _fit(ds, [r["exact_elements_rule"] for r in rows]),
-        "exponent_exact_elements_rule_per_vjp": _fit(ds, [r["exact_elements_rule"] / r["one_vjp"] for r in rows]),
-        "exponent_one_vjp": _fit(ds, [r["one_vjp"] for r in rows]),
-        "exponent_exact_old": _fit([r["D"] for r in rows if r["exact_old"]], [r["exact_old"] for r in rows if r["exact_old"]]),
+        "exponent_exact": loglog_slope(ds, [r["exact"] for r in rows]),
+        "exponent_exact_per_vjp": loglog_slope(ds, [r["exact_per_vjp"] for r in rows]),
+        "exponent_exact_elements_rule": loglog_slope(ds, [r["exact_elements_rule"] for r in rows]),
+        "exponent_exact_elements_rule_per_vjp": loglog_slope(ds, [r["exact_elements_rule"] / r["one_vjp"] for r in rows]),
+        "exponent_one_vjp": loglog_slope(ds, [r["one_vjp"] for r in rows]),
+        "exponent_exact_old": loglog_slope([r["D"] for r in rows if r["exact_old"]], [r["exact_old"] for r in rows if r["exact_old"]]),
     }
     # linearity of the per-VJP cost: max / min of exact / (D * one_vjp) over D (1.0 = perfectly linear)
     per = [r["exact"] / (r["D"] * r["one_vjp"]) for r in rows]
@@ -133,7 +127,7 @@ def run(*, quick: bool = False, repeats: int = 3, out: str = "benchmarks/results
     per_m = [r["exact_over_D_marginal_vjp"] for r in mrows]
     summary["linearity_spread_marginal_vjp"] = max(per_m) / min(per_m) if len(per_m) > 1 else None
     summary["exponent_exact_per_marginal_vjp"] = (
-        _fit([r["D"] for r in mrows], [r["exact"] / r["marginal_vjp"] for r in mrows]) if len(mrows) > 1 else None)
+        loglog_slope([r["D"] for r in mrows], [r["exact"] / r["marginal_vjp"] for r in mrows]) if len(mrows) > 1 else None)
     cross = [r["D"] for r in rows if r["exact"] >= r["hutch32"]]
     summary["crossover_D_vs_hutch32"] = cross[0] if cross else None
     os.makedirs(out, exist_ok=True)

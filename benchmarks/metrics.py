@@ -1,10 +1,11 @@
-"""Shared metrics: sliced Wasserstein-2, mean exact log-density, median wall time."""
+"""Shared metrics: sliced Wasserstein-2, mean exact log-density, median wall time, log-log slope."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -61,3 +62,19 @@ def median_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> Tup
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    r"""Least-squares slope of :math:`\log y` against :math:`\log x` (a fitted power-law exponent).
+
+    Args:
+        xs, ys: positive values of equal length.
+
+    Returns:
+        The slope, or NaN when the ``xs`` have no spread.
+    """
+    lx = [math.log(v) for v in xs]
+    ly = [math.log(v) for v in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den > 0 else float("nan")
